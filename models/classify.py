@@ -1,0 +1,53 @@
+"""CoLA classification pieces shared by the LoRA and distillation studies: which split trains
+and which is scored at each stage, and the evaluator (loss, accuracy, MCC per split)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.batching import classification_batches
+from models.cola_data import ColaData
+from models.metrics import classification_metrics
+
+
+def stage_splits(data: ColaData, stage: str) -> tuple[str, dict[str, str], str]:
+    """-> (training split, {metric prefix: split}, metric to track).
+
+    Sweep trials train on `fit` and are scored on the held-out `select` slice of the training
+    set; retrains train on the whole training set and are reported on GLUE dev (also split
+    into in-domain and out-of-domain when known). Dev never picks hyperparameters."""
+    if stage == "sweep":
+        return "fit", {"val": "select"}, "val_mcc"
+    evals = {"dev": "dev"}
+    if data.dev_domain is not None:
+        evals.update({"dev_in": "dev_in", "dev_out": "dev_out"})
+    return "train", evals, "dev_mcc"
+
+
+def make_evaluator(data: ColaData, evals: dict[str, str], *,
+                   forward: Callable[[torch.nn.Module, dict], torch.Tensor],
+                   batch_size: int = 128, device="cpu") -> Callable[[torch.nn.Module], dict]:
+    """``forward(model, batch) -> logits [B, 2]``. Returns evaluate(model) -> flat metrics."""
+    cached = {prefix: data.split(split) for prefix, split in evals.items()}
+
+    @torch.inference_mode()
+    def evaluate(model) -> dict:
+        out = {}
+        for prefix, (ids, labels) in cached.items():
+            logits = []
+            for batch in classification_batches(ids, labels, batch_size=batch_size,
+                                                pad_id=data.pad_token_id):
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                logits.append(forward(model, batch).float())
+            logits = torch.cat(logits)
+            y = torch.as_tensor(labels, device=logits.device)
+            out[f"{prefix}_loss"] = F.cross_entropy(logits, y).item()
+            preds = logits.argmax(-1).cpu().numpy()
+            for k, v in classification_metrics(np.asarray(labels), preds).items():
+                out[f"{prefix}_{k}"] = v
+        return out
+
+    return evaluate

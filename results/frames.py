@@ -1,0 +1,128 @@
+"""Read a Ray Tune experiment directory into pandas: one row per trial-epoch and one row per
+trial. Reads the trials' ``params.json`` / ``result.json`` files directly, so no Ray is needed
+and a damaged directory degrades gracefully (a truncated line drops only that line)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+# Columns Tune adds to every result that carry no information about the experiment.
+_TUNE_NOISE = {"timestamp", "date", "pid", "hostname", "node_ip", "time_since_restore",
+               "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint", "done",
+               "time_this_iter_s", "config"}
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    path: Path
+    config: dict
+    rows: list[dict]
+    errored: bool
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
+    rows = []
+    if not path.is_file():
+        return rows
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            problems.append(f"{path}:{n}: unreadable line dropped")
+    return rows
+
+
+def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
+    """Every trial directory (one holding params.json or result.json) below ``exp_dir``."""
+    exp = Path(exp_dir)
+    records = []
+    for d in sorted(p for p in exp.iterdir() if p.is_dir()):
+        if not ((d / "params.json").is_file() or (d / "result.json").is_file()):
+            continue
+        problems: list[str] = []
+        try:
+            config = json.loads((d / "params.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            config, problems = {}, [f"{d / 'params.json'}: missing or unreadable"]
+        rows = _read_jsonl(d / "result.json", problems)
+        trial_id = rows[0].get("trial_id") if rows else d.name.rsplit("_", 1)[-1]
+        if not config and rows:
+            config = rows[-1].get("config", {})
+        records.append(TrialRecord(str(trial_id), d, config, rows,
+                                   errored=(d / "error.txt").is_file(), problems=problems))
+    return records
+
+
+def _flat_config(config: dict) -> dict:
+    return {f"config/{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+            for k, v in config.items()}
+
+
+def epoch_frame(exp_dir: str | Path) -> pd.DataFrame:
+    """One row per trial-epoch: trial_id, config/*, and every metric the trial reported."""
+    out = []
+    for t in read_trials(exp_dir):
+        for r in t.rows:
+            row = {"trial_id": t.trial_id, **_flat_config(t.config)}
+            row.update({k: v for k, v in r.items() if k not in _TUNE_NOISE and k != "trial_id"})
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max") -> pd.DataFrame:
+    """One row per trial: config, best and last metrics, epochs run, stopped-early flag,
+    trainable params, wall time, seed, git commit and package versions."""
+    out = []
+    for t in read_trials(exp_dir):
+        row = {"trial_id": t.trial_id, **_flat_config(t.config)}
+        max_epochs = t.config.get("max_epochs")
+        if not t.rows:
+            row.update({"status": "ERROR" if t.errored else "NO_RESULTS", "epochs_run": 0,
+                        "stopped_early": False})
+            out.append(row)
+            continue
+        last = t.rows[-1]
+        values = [r.get(metric) for r in t.rows if isinstance(r.get(metric), (int, float))]
+        values = [v for v in values if not math.isnan(v)]
+        best = (max if mode == "max" else min)(values) if values else float("nan")
+        epochs = int(last.get("epoch", last.get("training_iteration", len(t.rows))))
+        finished = max_epochs is not None and epochs >= int(max_epochs)
+        row.update({
+            "status": "ERROR" if t.errored else ("TERMINATED" if finished else "STOPPED"),
+            metric: best,
+            "epochs_run": epochs,
+            "stopped_early": (not t.errored) and not finished,
+            "wall_s": last.get("time_total_s"),
+        })
+        for k, v in last.items():
+            if k in _TUNE_NOISE or k in ("trial_id", metric, "epoch", "training_iteration",
+                                          "time_total_s"):
+                continue
+            if k in ("trainable_params", "total_params", "seed", "git_commit", "versions"):
+                row[k] = v
+            elif isinstance(v, (int, float)):
+                row[f"last_{k}"] = v
+        out.append(row)
+    df = pd.DataFrame(out)
+    if len(df) and metric in df:
+        df = df.sort_values(metric, ascending=(mode == "min"), na_position="last", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def leaderboard(trials: pd.DataFrame, *, metric: str, top: int = 10) -> pd.DataFrame:
+    """The top rows of ``trial_frame`` with the swept values and headline columns only."""
+    keep = ["trial_id"] + [c for c in trials.columns if c.startswith("config/") and
+                           trials[c].nunique(dropna=False) > 1]
+    keep += [c for c in (metric, "last_val_accuracy", "last_val_mcc", "epochs_run",
+                         "stopped_early", "trainable_params", "wall_s") if c in trials]
+    board = trials[keep].head(top).copy()
+    board.columns = [c.removeprefix("config/") for c in board.columns]
+    return board

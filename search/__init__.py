@@ -1,0 +1,1 @@
+"""Entry scripts (``python search/<study>.py``) and the sweep machinery they share."""

@@ -1,0 +1,371 @@
+"""The command line every study shares: flags, validation before anything starts, the plan,
+then sweep -> result tables -> retrain. A study's script supplies only its own flags and how
+to load its data and model (see ``search/cola_lora.py``).
+
+Bad input exits 2 before Ray starts and before anything is written."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from models.errors import ConfigError, InputError
+from spaces.dims import Choice, Fixed, LogUniform, Uniform
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- argument types: each names its flag in argparse's own exit-2 error ----------------------
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: must be >= 1")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: must be >= 0")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or math.isinf(v):
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: must be > 0")
+    return v
+
+
+def fraction(text: str) -> float:
+    v = positive_float(text)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: must be in (0, 1)")
+    return v
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("resources")
+    g.add_argument("--gpus", type=nonneg_int, default=None,
+                   help="GPUs to use in total (default: all present; 0 runs on CPU)")
+    g.add_argument("--gpus-per-trial", type=positive_float, default=1.0,
+                   help="GPUs per trial when GPUs are used; fractions share a GPU")
+    g.add_argument("--cpus-per-trial", type=positive_int, default=1,
+                   help="CPUs (and torch threads) per trial")
+    g = p.add_argument_group("search")
+    g.add_argument("--num-samples", type=positive_int, default=None, help="trials (default 20)")
+    g.add_argument("--max-epochs", type=positive_int, default=None, help="epochs per trial (default 3)")
+    g.add_argument("--grace-period", type=positive_int, default=1,
+                   help="ASHA: epochs before a trial may be stopped")
+    g.add_argument("--reduction-factor", type=positive_float, default=2.0,
+                   help="ASHA: keep the top 1/factor at each rung (> 1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the searcher, the split and the trials")
+    g.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
+                   help="override one search dimension: lo:hi (a range, same scale), "
+                        "a,b,c (a choice) or a single value (fixed); repeatable")
+    g.add_argument("--selection-fraction", type=fraction, default=0.1,
+                   help="share of the training set held out to score trials")
+    g.add_argument("--max-train-samples", type=positive_int, default=None,
+                   help="use a seeded, stratified subset of the training set (quick runs)")
+    g = p.add_argument_group("retrain")
+    g.add_argument("--retrain-top-k", type=nonneg_int, default=None,
+                   help="retrain the best k configurations (default 3; 0 skips)")
+    g.add_argument("--retrain-seeds", type=positive_int, default=None, help="seeds per retrain (default 3)")
+    g = p.add_argument_group("experiment")
+    g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
+    g.add_argument("--storage-path", default="ray_results", help="where experiments are written")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep (finished trials and retrains are kept)")
+    g.add_argument("--smoke-test", action="store_true",
+                   help="tiny model built in-process, a handful of trials, CPU, no network")
+    return p
+
+
+# Defaults that differ between a real sweep and a smoke test (flags given explicitly win).
+DEFAULTS = {"num_samples": 20, "max_epochs": 3, "retrain_top_k": 3, "retrain_seeds": 3}
+SMOKE_DEFAULTS = {"num_samples": 6, "max_epochs": 3, "retrain_top_k": 2, "retrain_seeds": 2}
+
+
+def _number(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def apply_space_overrides(space: dict, overrides: list[str], allowed: set[str]) -> dict:
+    space = dict(space)
+    for item in overrides:
+        name, sep, spec = item.partition("=")
+        if not sep or not spec:
+            raise InputError(f"--space {item!r}: expected NAME=SPEC, e.g. learning_rate=1e-5:3e-3")
+        if name not in allowed:
+            raise InputError(f"--space {item!r}: unknown name {name!r}; allowed: {sorted(allowed)}")
+        if ":" in spec:
+            lo, _, hi = spec.partition(":")
+            lo, hi = _number(lo), _number(hi)
+            if not all(isinstance(v, (int, float)) for v in (lo, hi)):
+                raise InputError(f"--space {item!r}: range bounds must be numbers")
+            if not lo < hi:
+                raise InputError(f"--space {item!r}: lower bound {lo} must be below upper bound {hi}")
+            kind = LogUniform if isinstance(space.get(name), LogUniform) else Uniform
+            if kind is LogUniform and lo <= 0:
+                raise InputError(f"--space {item!r}: {name} lower bound {lo} is not allowed: "
+                                 "a log-uniform range needs bounds > 0")
+            space[name] = kind(float(lo), float(hi))
+        elif "," in spec:
+            space[name] = Choice(tuple(_number(v) for v in spec.split(",")))
+        else:
+            space[name] = Fixed(_number(spec))
+    return space
+
+
+def validate_space(space: dict, config_cls, fixed: dict) -> None:
+    """Every extreme value of every dimension must make a valid config (the config's
+    ``__post_init__`` is the one source of truth for what is allowed)."""
+    for name, dim in space.items():
+        for edge in dim.edges():
+            try:
+                config_cls(**{**fixed, name: edge})
+            except ConfigError as e:
+                raise InputError(f"search space {name} = {dim.describe()}: {e}") from None
+            except TypeError as e:
+                raise InputError(f"search space {name}: {e}") from None
+
+
+def check_storage(path: str) -> Path:
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--storage-path {path!r}: not writable ({probe} is not a directory)")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f"--storage-path {path!r}: not writable ({probe}: {e.strerror})") from None
+    return p
+
+
+def check_gpus(asked: int | None) -> tuple[int, int]:
+    import torch
+
+    found = torch.cuda.device_count()
+    if asked is None:
+        return found, found
+    if asked > found:
+        raise InputError(f"--gpus {asked}: asked for {asked} GPUs, found {found}")
+    return asked, found
+
+
+@dataclass
+class Prepared:
+    """What a study's ``prepare`` returns: the data for every trial and the fixed config."""
+
+    data: object
+    fixed: dict  # config fields shared by all trials (model path, targets, ...)
+    describe: dict  # for the plan and experiment.json
+    finalize: Callable[[Path], None] | None = None  # copies smoke-test artefacts into exp dir
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Workers import this project even when it is not pip-installed.
+    parts = [str(REPO_ROOT)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+
+
+def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser,
+        prepare: Callable[[argparse.Namespace, Path, Path], Prepared]) -> int:
+    """Parse, validate, plan, sweep, retrain. Returns the exit code."""
+    quiet_libraries()
+    args = parser.parse_args(argv)
+    try:
+        return _run(study_name, args, prepare)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(study_name, args, prepare) -> int:
+    from models.provenance import provenance
+    from models.registry import get_study
+    from search import sweep
+
+    study = get_study(study_name)
+    for k, v in (SMOKE_DEFAULTS if args.smoke_test else DEFAULTS).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.smoke_test and args.gpus is None:
+        args.gpus = 0
+    if args.reduction_factor <= 1:
+        raise InputError(f"--reduction-factor {args.reduction_factor}: must be > 1")
+    if args.grace_period > args.max_epochs:
+        raise InputError(f"--grace-period {args.grace_period}: must be <= --max-epochs "
+                         f"({args.max_epochs})")
+    gpus, found = check_gpus(args.gpus)
+    cpus = os.cpu_count() or 1
+    if args.cpus_per_trial > cpus:
+        raise InputError(f"--cpus-per-trial {args.cpus_per_trial}: only {cpus} CPUs on this machine")
+    if gpus and args.gpus_per_trial > gpus:
+        raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: more than --gpus {gpus}")
+    storage = check_storage(args.storage_path)
+    name = args.name or study_name
+    exp_dir = storage / name
+    if args.resume:
+        from ray.tune import Tuner
+
+        if not Tuner.can_restore(str(exp_dir)):
+            raise InputError(f"--resume: no restorable experiment at {exp_dir}")
+    elif exp_dir.exists():
+        raise InputError(f"--name {name!r}: {exp_dir} already exists; pass --resume to continue "
+                         "it (finished trials and retrains are kept) or choose another --name")
+
+    with tempfile.TemporaryDirectory(prefix="sweep-prep-") as scratch:
+        # The study loads and checks its data and model here; smoke-test artefacts go to
+        # scratch first, so that failing validation leaves nothing behind.
+        prepared = prepare(args, Path(scratch), exp_dir)
+        space = apply_space_overrides(study.space, args.space, study.config_cls.field_names())
+        gpus_per_trial = args.gpus_per_trial if gpus else 0.0
+        fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
+                 "num_threads": args.cpus_per_trial}
+        fixed = {k: v for k, v in fixed.items() if k not in space}
+        validate_space(space, study.config_cls, fixed)
+        concurrency = int(min(cpus // args.cpus_per_trial,
+                              gpus // gpus_per_trial if gpus else math.inf))
+        if concurrency < 1:
+            raise InputError("no trial fits: lower --cpus-per-trial or --gpus-per-trial")
+        plan = sweep.SweepPlan(
+            study=study, storage_path=storage, name=name, space=space, fixed=fixed,
+            num_samples=args.num_samples, max_epochs=args.max_epochs,
+            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+            seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
+            concurrency=concurrency, retrain_top_k=args.retrain_top_k,
+            retrain_seeds=args.retrain_seeds, resume=args.resume)
+        # --- validation done: from here on we write ---
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        if prepared.finalize:
+            prepared.finalize(exp_dir)
+    print_plan(plan, prepared, gpus, found, cpus)
+    record = {"study": study_name, "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
+              "metric": study.metric, "mode": study.mode,
+              "space": {k: v.describe() for k, v in space.items()}, "fixed": fixed,
+              "num_samples": plan.num_samples, "concurrency": concurrency, "gpus": gpus,
+              "gpus_per_trial": gpus_per_trial, "cpus_per_trial": args.cpus_per_trial,
+              **prepared.describe, **provenance()}
+    if not args.resume or not (exp_dir / "experiment.json").exists():
+        (exp_dir / "experiment.json").write_text(json.dumps(record, indent=1, default=str))
+
+    import ray
+
+    t0 = time.time()
+    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    try:
+        prov = provenance()
+        tuner = sweep.build_tuner(plan, prepared.data, prov)
+        tuner.fit()
+        finished, statuses = sweep.sweep_finished(plan)
+        trials, epochs = write_tables(plan)
+        if not finished:
+            print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
+                  f"finished trials; continue with the same command plus --resume", flush=True)
+            return 130
+        print_leaderboard(plan, trials, time.time() - t0)
+        if plan.retrain_top_k:
+            runs = sweep.retrain(plan, trials, prepared.data, prov)
+            hp = list(plan.space)
+            summary = sweep.summarize_retrain(runs, hp)
+            runs.to_csv(exp_dir / "retrain_runs.csv", index=False)
+            summary.to_csv(exp_dir / "retrain.csv", index=False)
+            print_retrain(summary, hp, exp_dir)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def write_tables(plan):
+    from results import epoch_frame, trial_frame
+
+    trials = trial_frame(plan.exp_dir, metric=plan.study.metric, mode=plan.study.mode)
+    epochs = epoch_frame(plan.exp_dir)
+    trials.to_csv(plan.exp_dir / "trials.csv", index=False)
+    epochs.to_csv(plan.exp_dir / "epochs.csv", index=False)
+    return trials, epochs
+
+
+def print_plan(plan, prepared: Prepared, gpus: int, found: int, cpus: int) -> None:
+    where = (f"{gpus} of {found} GPUs, {plan.gpus_per_trial:g} GPU + {plan.cpus_per_trial:g} CPU per trial"
+             if gpus else f"CPU only ({cpus} CPUs, {plan.cpus_per_trial:g} per trial)")
+    lines = [f"== {plan.study.name}: {'resuming ' if plan.resume else ''}{plan.exp_dir}",
+             *(f"   {k}: {v}" for k, v in prepared.describe.items()),
+             f"   resources: {where}; {plan.concurrency} trials at a time",
+             f"   search: {plan.num_samples} trials x up to {plan.max_epochs} epochs, Optuna TPE "
+             f"(seed {plan.seed}), ASHA on {plan.study.metric} ({plan.study.mode}), grace "
+             f"{plan.grace_period}, reduction {plan.reduction_factor:g}",
+             *(f"   {k}: {v.describe()}" for k, v in plan.space.items()),
+             f"   retrain: top {plan.retrain_top_k} x {plan.retrain_seeds} seeds"]
+    print("\n".join(lines), flush=True)
+
+
+def print_leaderboard(plan, trials, wall_s: float) -> None:
+    from results import leaderboard
+
+    n_stopped = int(trials["stopped_early"].sum()) if "stopped_early" in trials else 0
+    print(f"\n== Leaderboard ({len(trials)} trials, {n_stopped} stopped early by ASHA, "
+          f"{wall_s:.0f} s) — {plan.study.metric} on the selection split", flush=True)
+    with _pandas_wide():
+        print(leaderboard(trials, metric=plan.study.metric).to_string(index=False), flush=True)
+    print(f"tables: {plan.exp_dir / 'trials.csv'}, {plan.exp_dir / 'epochs.csv'}", flush=True)
+
+
+def print_retrain(summary, hp: list[str], exp_dir: Path) -> None:
+    if summary.empty:
+        print("\n== Retrain: no finished retrains", flush=True)
+        return
+    cols = ["rank", "seeds", *hp] + [c for c in summary.columns
+                                     if c.startswith("dev") and not c.endswith(("_mean", "_sd"))]
+    print("\n== Retrained on the full training set, reported on GLUE dev "
+          "(mean ± sd over seeds, last epoch)", flush=True)
+    with _pandas_wide():
+        print(summary[cols].to_string(index=False), flush=True)
+    print(f"tables: {exp_dir / 'retrain.csv'}, {exp_dir / 'retrain_runs.csv'}; "
+          f"adapters: {exp_dir / 'retrained'}", flush=True)
+
+
+def _pandas_wide():
+    import pandas as pd
+
+    return pd.option_context("display.width", 200, "display.max_columns", 30,
+                             "display.float_format", "{:.4g}".format)
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        shutil.copytree(src, dst)

@@ -1,0 +1,234 @@
+"""The sweep machinery every study shares: search space -> Tune domains, the Tuner (Optuna TPE
+under a concurrency limit + ASHA), resume, and the seeded retrain of the best configurations.
+
+Nothing here knows a particular study: the study comes from ``models.registry``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from models.registry import Study
+from spaces.dims import Choice, Fixed, LogUniform, Uniform
+
+RETRAIN_DIR = "retrained"  # <exp>/retrained/<config key>-seed<k>/{adapter, metrics.json}
+RETRAIN_EXPERIMENT = "retrain"  # the Tune experiment that runs them, <exp>/retrain/
+
+
+@dataclass
+class SweepPlan:
+    study: Study
+    storage_path: Path
+    name: str
+    space: dict  # name -> spaces.dims dimension
+    fixed: dict  # config fields that are the same for every trial
+    num_samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: float
+    seed: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    concurrency: int
+    retrain_top_k: int
+    retrain_seeds: int
+    resume: bool = False
+    extra: dict = field(default_factory=dict)  # recorded in experiment.json
+
+    @property
+    def exp_dir(self) -> Path:
+        return self.storage_path / self.name
+
+    @property
+    def resources(self) -> dict:
+        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+
+
+def to_tune(dim):
+    from ray import tune
+
+    if isinstance(dim, LogUniform):
+        return tune.loguniform(dim.low, dim.high)
+    if isinstance(dim, Uniform):
+        return tune.uniform(dim.low, dim.high)
+    if isinstance(dim, Choice):
+        return tune.choice(list(dim.values))
+    if isinstance(dim, Fixed):
+        return dim.value
+    raise TypeError(dim)
+
+
+def _param_space(plan: SweepPlan) -> dict:
+    space = {k: to_tune(v) for k, v in plan.space.items()}
+    return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.fixed.items()}, **space}
+
+
+def _wrapped_trainable(plan: SweepPlan, data, provenance: dict):
+    from ray import tune
+
+    fn = plan.study.trainable
+    return tune.with_resources(tune.with_parameters(fn, data=data, provenance=provenance),
+                               plan.resources)
+
+
+def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: str):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name, storage_path=str(storage),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=score,
+                                                checkpoint_score_order=plan.study.mode),
+        verbose=1,
+    )
+
+
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(plan: SweepPlan, data, provenance: dict):
+    """A new Tuner, or the interrupted one restored when ``plan.resume``."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = _wrapped_trainable(plan, data, provenance)
+    if plan.resume:
+        # Finished trials are kept; searcher and scheduler state come back from the
+        # experiment checkpoint, so the total stays num_samples.
+        return tune.Tuner.restore(str(plan.exp_dir), trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True)
+    metric, mode = plan.study.metric, plan.study.mode
+    searcher = OptunaSearch(metric=metric, mode=mode,
+                            sampler=optuna.samplers.TPESampler(seed=plan.seed))
+    scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode,
+                              max_t=plan.max_epochs, grace_period=plan.grace_period,
+                              reduction_factor=plan.reduction_factor)
+    run_config = _run_config(plan, plan.name, plan.storage_path, keep=2,
+                             score=metric.removeprefix("best_"))
+    return tune.Tuner(
+        trainable, param_space=_param_space(plan),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency),
+            scheduler=scheduler, num_samples=plan.num_samples, reuse_actors=True,
+            trial_dirname_creator=_trial_dirname),
+        run_config=run_config,
+    )
+
+
+def trial_statuses(exp_dir: Path) -> dict[str, str]:
+    from ray.tune import ExperimentAnalysis
+
+    return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
+
+
+def sweep_finished(plan: SweepPlan) -> tuple[bool, dict[str, str]]:
+    statuses = trial_statuses(plan.exp_dir)
+    done = sum(s in ("TERMINATED", "ERROR") for s in statuses.values())
+    return done >= plan.num_samples, statuses
+
+
+# --- retrain ---------------------------------------------------------------------------
+
+
+def config_key(hparams: dict) -> str:
+    blob = json.dumps(hparams, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def top_configs(trials: pd.DataFrame, plan: SweepPlan) -> list[dict]:
+    """The swept values of the best ``retrain_top_k`` trials, best first."""
+    metric = plan.study.metric
+    ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
+    out = []
+    for _, row in ok.head(plan.retrain_top_k).iterrows():
+        hp = {k: row[f"config/{k}"] for k in plan.space}
+        hp = {k: (v.item() if hasattr(v, "item") else v) for k, v in hp.items()}
+        out.append({"trial_id": row["trial_id"], "sweep_metric": float(row[metric]), "hparams": hp})
+    return out
+
+
+def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd.DataFrame:
+    """Retrain the top configurations with ``retrain_seeds`` seeds each on the full training
+    set; report the last epoch on the held-out dev split. Jobs whose metrics.json exists are
+    skipped, so rerunning after an interruption finishes only what is missing."""
+    from ray import tune
+
+    out_root = plan.exp_dir / RETRAIN_DIR
+    jobs = []
+    for rank, top in enumerate(top_configs(trials, plan), start=1):
+        key = config_key(top["hparams"])
+        for s in range(plan.retrain_seeds):
+            job_id = f"{key}-seed{plan.seed + s}"
+            jobs.append({**plan.fixed, **top["hparams"], "stage": "retrain", "seed": plan.seed + s,
+                         "_job": job_id, "_rank": rank, "_sweep_trial": top["trial_id"]})
+    pending = [j for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
+    print(f"[retrain] {len(jobs)} jobs ({plan.retrain_top_k} configs x {plan.retrain_seeds} seeds), "
+          f"{len(jobs) - len(pending)} already done, {len(pending)} to run", flush=True)
+    if pending:
+        tuner = tune.Tuner(
+            _wrapped_trainable(plan, data, provenance),
+            # One grid point per job; the trial harness unwraps config["job"].
+            param_space={"job": tune.grid_search([{k: (list(v) if isinstance(v, tuple) else v)
+                                                   for k, v in j.items()} for j in pending])},
+            tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True,
+                                        trial_dirname_creator=_trial_dirname),
+            run_config=_run_config(plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1,
+                                   score="epoch"),
+        )
+        for result in tuner.fit():
+            job = result.config["job"]
+            if result.error is not None or result.checkpoint is None:
+                print(f"[retrain] {job.get('_job')} failed: {result.error}", flush=True)
+                continue
+            target = out_root / job["_job"]
+            tmp = target.with_name(target.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            with result.checkpoint.as_directory() as d:
+                shutil.copytree(d, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+            keep = {k: v for k, v in result.metrics.items()
+                    if isinstance(v, (int, float, str)) and k not in ("config",)}
+            (tmp / "metrics.json").write_text(json.dumps(
+                {"job": job["_job"], "rank": job["_rank"], "sweep_trial": job["_sweep_trial"],
+                 "config": {k: v for k, v in job.items() if not k.startswith("_")},
+                 "metrics": keep}, indent=1, default=str))
+            # Written whole, then renamed: a half-copied job never looks finished.
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+    return retrain_frame(out_root, list(plan.space))
+
+
+def retrain_frame(out_root: Path, hparam_names: list[str]) -> pd.DataFrame:
+    rows = []
+    for f in sorted(out_root.glob("*/metrics.json")):
+        m = json.loads(f.read_text())
+        rows.append({"job": m["job"], "rank": m["rank"], "sweep_trial": m["sweep_trial"],
+                     "seed": m["config"]["seed"],
+                     **{f"config/{k}": m["config"].get(k) for k in hparam_names},
+                     **{k: v for k, v in m["metrics"].items()
+                        if k.startswith("dev") or k in ("epoch", "trainable_params", "git_commit")}})
+    return pd.DataFrame(rows)
+
+
+def summarize_retrain(runs: pd.DataFrame, hparam_names: list[str]) -> pd.DataFrame:
+    """mean ± sd over seeds per configuration, for every dev_* accuracy/MCC column."""
+    if runs.empty:
+        return runs
+    cols = [c for c in runs.columns if c.startswith("dev") and c.endswith(("accuracy", "mcc"))]
+    rows = []
+    for rank, g in runs.groupby("rank", sort=True):
+        row = {"rank": int(rank), "seeds": len(g),
+               **{k: g[f"config/{k}"].iloc[0] for k in hparam_names}}
+        for c in cols:
+            sd = g[c].std(ddof=1) if len(g) > 1 else float("nan")
+            row[f"{c}_mean"], row[f"{c}_sd"] = g[c].mean(), sd
+            row[c] = f"{g[c].mean():.4f} ± {sd:.4f}" if not math.isnan(sd) else f"{g[c].mean():.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,56 @@
+"""Dimension types for search spaces: plain frozen data, converted to Ray Tune domains by the
+sweep driver. ``edges()`` lists the extreme values, which the driver validates against the
+study's config before Ray starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+
+    def edges(self) -> tuple:
+        return (self.low, self.high)
+
+    def describe(self) -> str:
+        return f"uniform[{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    low: float
+    high: float
+
+    def edges(self) -> tuple:
+        return (self.low, self.high)
+
+    def describe(self) -> str:
+        return f"log-uniform[{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Choice:
+    values: tuple
+
+    def edges(self) -> tuple:
+        return tuple(self.values)
+
+    def describe(self) -> str:
+        return "{" + ", ".join(str(v) for v in self.values) + "}"
+
+
+@dataclass(frozen=True)
+class Fixed:
+    value: Any
+
+    def edges(self) -> tuple:
+        return (self.value,)
+
+    def describe(self) -> str:
+        return f"fixed {self.value}"
+
+
+Dimension = Uniform | LogUniform | Choice | Fixed
