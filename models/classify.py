@@ -43,7 +43,7 @@ def make_evaluator(data: ColaData, evals: dict[str, str], *,
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 logits.append(forward(model, batch).float())
             logits = torch.cat(logits)
-            y = torch.as_tensor(labels, device=logits.device)
+            y = torch.tensor(labels, device=logits.device)
             out[f"{prefix}_loss"] = F.cross_entropy(logits, y).item()
             preds = logits.argmax(-1).cpu().numpy()
             for k, v in classification_metrics(np.asarray(labels), preds).items():

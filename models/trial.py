@@ -42,8 +42,12 @@ def release(*objs) -> None:
 
 
 def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Callable) -> None:
+    import logging
+
     from ray import tune
 
+    # One "checkpoint created" line per epoch per trial drowns the sweep's progress table.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Retrain jobs arrive as {"job": {...}} (one grid point each); sweep trials arrive flat.
     config = config["job"] if set(config) == {"job"} else config
     cfg = config_cls.from_tune(config)

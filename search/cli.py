@@ -192,10 +192,18 @@ class Prepared:
 
 
 def quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Tune's classic reporter: one compact status table every 30 s with our columns
+    # (the newer output prints a box per result, which buries progress in long sweeps).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    # Every epoch checkpoints, so Tune snapshots its state often; that is expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Workers import this project even when it is not pip-installed.
     parts = [str(REPO_ROOT)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))

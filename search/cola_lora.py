@@ -19,6 +19,9 @@ from models.errors import InputError  # noqa: E402
 from search.cli import Prepared, base_parser, copy_tree, positive_int, run  # noqa: E402
 
 STUDY = "cola_lora"
+# A randomly initialised tiny GPT-2 needs larger steps than a pretrained one to learn anything
+# in 3 epochs; the smoke test searches this range unless --space says otherwise.
+SMOKE_SPACE = ["learning_rate=1e-3:3e-2"]
 SMOKE_TRAIN_SLICE = 800  # --smoke-test with --data-dir trains on a stratified slice
 
 
@@ -48,6 +51,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         splits = load_cola_dir(args.data_dir)
     else:
         splits = synthetic_cola() if args.smoke_test else load_cola_hub()
+    if args.smoke_test and not any(s.startswith("learning_rate=") for s in args.space):
+        args.space = SMOKE_SPACE + args.space
     if args.smoke_test and args.data_dir and args.max_train_samples is None:
         args.max_train_samples = SMOKE_TRAIN_SLICE
     finalize = None

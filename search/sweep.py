@@ -76,10 +76,20 @@ def _wrapped_trainable(plan: SweepPlan, data, provenance: dict):
                                plan.resources)
 
 
-def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: str):
+def _reporter(plan: SweepPlan, metrics: list[str], params: list[str]):
+    from ray import tune
+
+    return tune.CLIReporter(metric_columns=metrics, parameter_columns=params,
+                            max_report_frequency=30, sort_by_metric=False,
+                            print_intermediate_tables=True)
+
+
+def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: str,
+                reporter=None):
     from ray import tune
 
     return tune.RunConfig(
+        progress_reporter=reporter,
         name=name, storage_path=str(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=score,
                                                 checkpoint_score_order=plan.study.mode),
@@ -112,7 +122,8 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
                               max_t=plan.max_epochs, grace_period=plan.grace_period,
                               reduction_factor=plan.reduction_factor)
     run_config = _run_config(plan, plan.name, plan.storage_path, keep=2,
-                             score=metric.removeprefix("best_"))
+                             score=metric.removeprefix("best_"),
+                             reporter=_reporter(plan, ["epoch", metric], list(plan.space)))
     return tune.Tuner(
         trainable, param_space=_param_space(plan),
         tune_config=tune.TuneConfig(
@@ -180,8 +191,9 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                                                    for k, v in j.items()} for j in pending])},
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
-            run_config=_run_config(plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1,
-                                   score="epoch"),
+            run_config=_run_config(
+                plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1, score="epoch",
+                reporter=_reporter(plan, ["epoch", plan.study.report_metric], ["job/_job"])),
         )
         for result in tuner.fit():
             job = result.config["job"]
