@@ -307,12 +307,14 @@ def _run(study_name, args, prepare) -> int:
             return 130
         print_leaderboard(plan, trials, time.time() - t0)
         if plan.retrain_top_k:
-            runs = sweep.retrain(plan, trials, prepared.data, prov)
+            runs, complete = sweep.retrain(plan, trials, prepared.data, prov)
             hp = list(plan.space)
             summary = sweep.summarize_retrain(runs, hp)
             runs.to_csv(exp_dir / "retrain_runs.csv", index=False)
             summary.to_csv(exp_dir / "retrain.csv", index=False)
             print_retrain(summary, hp, exp_dir)
+            if not complete:
+                return 130
     finally:
         ray.shutdown()
     return 0

@@ -196,9 +196,10 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                 reporter=_reporter(plan, ["epoch", plan.study.report_metric], ["job/_job"])),
         )
         for result in tuner.fit():
-            job = result.config["job"]
-            if result.error is not None or result.checkpoint is None:
-                print(f"[retrain] {job.get('_job')} failed: {result.error}", flush=True)
+            job = (result.config or {}).get("job")
+            if job is None or result.error is not None or result.checkpoint is None \
+                    or (result.metrics or {}).get("epoch") != job["max_epochs"]:
+                # Failed or interrupted: no metrics.json, so a rerun retrains this job.
                 continue
             target = out_root / job["_job"]
             tmp = target.with_name(target.name + ".tmp")
@@ -214,7 +215,11 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
             # Written whole, then renamed: a half-copied job never looks finished.
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
-    return retrain_frame(out_root, list(plan.space))
+    missing = [j["_job"] for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
+    if missing:
+        print(f"[retrain] not finished: {', '.join(missing)}; rerun the same command with "
+              "--resume to finish them", flush=True)
+    return retrain_frame(out_root, list(plan.space)), not missing
 
 
 def retrain_frame(out_root: Path, hparam_names: list[str]) -> pd.DataFrame:
