@@ -116,8 +116,11 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
         return tune.Tuner.restore(str(plan.exp_dir), trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
     metric, mode = plan.study.metric, plan.study.mode
-    searcher = OptunaSearch(metric=metric, mode=mode,
-                            sampler=optuna.samplers.TPESampler(seed=plan.seed))
+    # TPE's default of 10 random start-up trials would leave small sweeps entirely random;
+    # a third of the budget (2..10) is random, the rest is modelled.
+    startup = max(2, min(10, plan.num_samples // 3))
+    searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(
+        seed=plan.seed, n_startup_trials=startup))
     scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode,
                               max_t=plan.max_epochs, grace_period=plan.grace_period,
                               reduction_factor=plan.reduction_factor)
