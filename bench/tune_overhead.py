@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""How much wall time does the sweep machinery add around the training itself?
+
+16 trials x 3 epochs of a fixed 1-second CPU workload on 2 CPUs, run twice side by side:
+(a) a plain Tuner with Ray's defaults around the same function trainable, (b) our machinery
+(``search.sweep.build_tuner`` + the shared trial harness with its per-epoch checkpoints,
+Optuna TPE, ASHA). Prints wall / ideal for each, ideal = trial-epochs x 1 s / concurrency.
+
+    python bench/tune_overhead.py [--trials 16] [--epochs 3] [--work-s 1.0]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from models.config import TrialConfig  # noqa: E402
+from models.loop import TrialSetup  # noqa: E402
+
+WORK_S = float(os.environ.get("BENCH_WORK_S", "1.0"))
+
+
+def spin(seconds: float) -> None:
+    """A fixed CPU workload: busy arithmetic for `seconds` of wall time on one core."""
+    end = time.perf_counter() + seconds
+    x = 0
+    while time.perf_counter() < end:
+        for i in range(1000):
+            x += i * i
+
+
+def bench_setup(cfg, data, device) -> TrialSetup:
+    model = torch.nn.Linear(4, 2)
+    batch = {"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))}
+
+    def loss_fn(m, b):
+        spin(WORK_S)  # one "epoch" of work
+        return torch.nn.functional.cross_entropy(m(b["x"]), b["y"])
+
+    def evaluate(m):
+        # lr-dependent so ASHA and TPE have something to rank
+        return {"val_mcc": float(-abs(torch.log10(torch.tensor(cfg.learning_rate)) + 3))}
+
+    return TrialSetup(model=model, loss_fn=loss_fn, train_batches=lambda e: [batch],
+                      steps_per_epoch=1, evaluate=evaluate, best_metric="val_mcc", mode="max",
+                      save_weights=lambda d: torch.save(model.state_dict(), Path(d) / "w.pt"),
+                      load_weights=lambda d: model.load_state_dict(torch.load(Path(d) / "w.pt")),
+                      info={"trainable_params": 10})
+
+
+def ours_trainable(config, data, provenance):
+    from models.trial import run_trial
+
+    run_trial(config, data=data, provenance=provenance, config_cls=TrialConfig,
+              setup_fn=bench_setup)
+
+
+def plain_trainable(config):
+    """What a first Ray Tune script looks like: report each epoch, no checkpoints."""
+    from ray import tune
+
+    for epoch in range(1, config["max_epochs"] + 1):
+        spin(WORK_S)
+        tune.report({"epoch": epoch, "best_val_mcc": -abs(config["learning_rate"])})
+
+
+def count_epochs(exp_dir: Path) -> int:
+    from results import epoch_frame
+
+    return len(epoch_frame(exp_dir))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--cpus", type=int, default=2)
+    args = p.parse_args()
+
+    from search.cli import quiet_libraries
+
+    quiet_libraries()
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    import ray
+    from ray import tune
+
+    from models.registry import Study
+    from search.sweep import SweepPlan, build_tuner
+    from spaces.dims import LogUniform
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    storage = Path(tempfile.mkdtemp(prefix="tune-overhead-"))
+    rows = []
+
+    # (a) Ray's defaults: plain Tuner, fresh actor per trial, default loggers.
+    t0 = time.perf_counter()
+    tune.Tuner(plain_trainable,
+               param_space={"learning_rate": tune.loguniform(1e-5, 3e-3), "max_epochs": args.epochs},
+               tune_config=tune.TuneConfig(num_samples=args.trials, metric="best_val_mcc", mode="max"),
+               run_config=tune.RunConfig(name="defaults", storage_path=str(storage), verbose=0)).fit()
+    wall = time.perf_counter() - t0
+    rows.append(("Ray defaults", wall, count_epochs(storage / "defaults"), args.cpus))
+
+    # (b) ours: the sweep machinery every study uses.
+    study = Study("bench", ours_trainable, {"learning_rate": LogUniform(1e-5, 3e-3)}, TrialConfig,
+                  metric="best_val_mcc", mode="max", report_metric="val_mcc")
+    plan = SweepPlan(study=study, storage_path=storage, name="ours",
+                     space=study.space, fixed={"max_epochs": args.epochs, "seed": 0},
+                     num_samples=args.trials, max_epochs=args.epochs, grace_period=1,
+                     reduction_factor=2, seed=0, cpus_per_trial=1, gpus_per_trial=0,
+                     concurrency=args.cpus, retrain_top_k=0, retrain_seeds=1)
+    tuner = build_tuner(plan, data=None, provenance={"git_commit": "bench", "versions": ""})
+    t0 = time.perf_counter()
+    tuner.fit()
+    wall = time.perf_counter() - t0
+    rows.append(("ours (sweep machinery)", wall, count_epochs(storage / "ours"), args.cpus))
+    ray.shutdown()
+
+    print(f"\n{'setup':<24} {'wall s':>8} {'trial-epochs':>13} {'ideal s':>8} {'wall/ideal':>11}")
+    for name, wall, epochs, conc in rows:
+        ideal = epochs * WORK_S / conc
+        print(f"{name:<24} {wall:8.1f} {epochs:13d} {ideal:8.1f} {wall / ideal:11.2f}")
+    name, wall, epochs, conc = rows[-1]
+    print(f"tune overhead (ours): wall/ideal = {wall / (epochs * WORK_S / conc):.2f}")
+
+
+if __name__ == "__main__":
+    main()
