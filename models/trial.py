@@ -28,8 +28,11 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device() -> torch.device:
-    # Ray sets CUDA_VISIBLE_DEVICES to the trial's share; no GPU reserved -> none visible.
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU Ray reserved for this trial, else the CPU. (A trial that reserved no GPU may
+    still see the node's GPUs; it must not use them.)"""
+    import ray
+
+    return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
 
 
 def release(*objs) -> None:

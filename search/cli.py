@@ -25,24 +25,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- argument types: each names its flag in argparse's own exit-2 error ----------------------
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: must be >= 1")
-    return v
+def int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v} is not allowed: must be >= {minimum}")
+        return v
+
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: must be >= 0")
-    return v
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
 
 
 def positive_float(text: str) -> float:

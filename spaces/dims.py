@@ -8,27 +8,26 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class Uniform:
+class _Range:
     low: float
     high: float
+    scale = "uniform"
 
     def edges(self) -> tuple:
         return (self.low, self.high)
 
     def describe(self) -> str:
-        return f"uniform[{self.low:g}, {self.high:g}]"
+        return f"{self.scale}[{self.low:g}, {self.high:g}]"
 
 
 @dataclass(frozen=True)
-class LogUniform:
-    low: float
-    high: float
+class Uniform(_Range):
+    scale = "uniform"
 
-    def edges(self) -> tuple:
-        return (self.low, self.high)
 
-    def describe(self) -> str:
-        return f"log-uniform[{self.low:g}, {self.high:g}]"
+@dataclass(frozen=True)
+class LogUniform(_Range):
+    scale = "log-uniform"
 
 
 @dataclass(frozen=True)
