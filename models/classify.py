@@ -29,9 +29,14 @@ def stage_splits(data: ColaData, stage: str) -> tuple[str, dict[str, str], str]:
 
 def make_evaluator(data: ColaData, evals: dict[str, str], *,
                    forward: Callable[[torch.nn.Module, dict], torch.Tensor],
-                   batch_size: int = 128, device="cpu") -> Callable[[torch.nn.Module], dict]:
-    """``forward(model, batch) -> logits [B, 2]``. Returns evaluate(model) -> flat metrics."""
+                   batch_size: int = 128, device="cpu",
+                   reference: Callable[[str], np.ndarray] | None = None
+                   ) -> Callable[[torch.nn.Module], dict]:
+    """``forward(model, batch) -> logits [B, 2]``. Returns evaluate(model) -> flat metrics:
+    ``<prefix>_loss``, ``_accuracy``, ``_mcc`` per split, and ``_agreement`` (share of equal
+    predictions) when ``reference(split)`` gives another model's predictions (the teacher's)."""
     cached = {prefix: data.split(split) for prefix, split in evals.items()}
+    refs = {prefix: reference(split) for prefix, split in evals.items()} if reference else {}
 
     @torch.inference_mode()
     def evaluate(model) -> dict:
@@ -48,6 +53,8 @@ def make_evaluator(data: ColaData, evals: dict[str, str], *,
             preds = logits.argmax(-1).cpu().numpy()
             for k, v in classification_metrics(np.asarray(labels), preds).items():
                 out[f"{prefix}_{k}"] = v
+            if prefix in refs:
+                out[f"{prefix}_agreement"] = float((preds == refs[prefix]).mean())
         return out
 
     return evaluate

@@ -184,21 +184,27 @@ class ColaData:
     origin: str
     meta: dict = field(default_factory=dict)
 
-    def split(self, name: str) -> tuple[list[np.ndarray], np.ndarray]:
-        """(ids, labels) of a named split: fit, select, train (all), dev, dev_in, dev_out."""
+    def indices(self, name: str) -> np.ndarray:
+        """Row numbers of a named split within its source (training set or dev):
+        fit, select, train (all), dev, dev_in, dev_out."""
         if name == "train":
-            return self.train_ids, self.train_labels
+            return np.arange(len(self.train_ids))
         if name in ("fit", "select"):
-            idx = self.fit_idx if name == "fit" else self.select_idx
-            return [self.train_ids[i] for i in idx], self.train_labels[idx]
+            return self.fit_idx if name == "fit" else self.select_idx
         if name == "dev":
-            return self.dev_ids, self.dev_labels
+            return np.arange(len(self.dev_ids))
         if name in ("dev_in", "dev_out"):
             if self.dev_domain is None:
                 raise KeyError(name)
-            keep = np.flatnonzero(self.dev_domain == name[4:])
-            return [self.dev_ids[i] for i in keep], self.dev_labels[keep]
+            return np.flatnonzero(self.dev_domain == name[4:])
         raise KeyError(name)
+
+    def split(self, name: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """(ids, labels) of a named split (see ``indices``)."""
+        idx = self.indices(name)
+        ids, labels = (self.dev_ids, self.dev_labels) if name.startswith("dev") else \
+            (self.train_ids, self.train_labels)
+        return [ids[i] for i in idx], labels[idx]
 
 
 def tokenize_cola(splits: ColaSplits, tokenizer, *, selection_fraction: float, seed: int,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from models import cola_lora
+from models import cola_kd, cola_lora
+from spaces import cola_kd as cola_kd_space
 from spaces import cola_lora as cola_lora_space
 
 
@@ -25,6 +26,8 @@ STUDIES: dict[str, Study] = {
     "cola_lora": Study("cola_lora", cola_lora.trainable, cola_lora_space.SPACE,
                        cola_lora.ColaLoraConfig, metric="best_val_mcc", mode="max",
                        report_metric="dev_mcc"),
+    "cola_kd": Study("cola_kd", cola_kd.trainable, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
+                     metric="best_val_mcc", mode="max", report_metric="dev_mcc"),
 }
 
 

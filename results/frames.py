@@ -40,6 +40,15 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[dict]:
     return rows
 
 
+def _dedupe_epochs(rows: list[dict]) -> list[dict]:
+    """A trial resumed from an earlier checkpoint re-reports the epochs after it; keep the
+    last report of each epoch."""
+    if not rows or "epoch" not in rows[0]:
+        return rows
+    last = {r.get("epoch"): i for i, r in enumerate(rows)}
+    return [r for i, r in enumerate(rows) if last[r.get("epoch")] == i]
+
+
 def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
     """Every trial directory (one holding params.json or result.json) below ``exp_dir``."""
     exp = Path(exp_dir)
@@ -52,7 +61,7 @@ def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
             config = json.loads((d / "params.json").read_text())
         except (OSError, json.JSONDecodeError):
             config, problems = {}, [f"{d / 'params.json'}: missing or unreadable"]
-        rows = _read_jsonl(d / "result.json", problems)
+        rows = _dedupe_epochs(_read_jsonl(d / "result.json", problems))
         trial_id = rows[0].get("trial_id") if rows else d.name.rsplit("_", 1)[-1]
         if not config and rows:
             config = rows[-1].get("config", {})

@@ -186,6 +186,7 @@ class Prepared:
     fixed: dict  # config fields shared by all trials (model path, targets, ...)
     describe: dict  # for the plan and experiment.json
     finalize: Callable[[Path], None] | None = None  # copies smoke-test artefacts into exp dir
+    after: Callable[[list], None] | None = None  # given [(plan, retrain summary)] at the end
 
 
 def quiet_libraries() -> None:
@@ -207,28 +208,22 @@ def quiet_libraries() -> None:
 
 
 def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser,
-        prepare: Callable[[argparse.Namespace, Path, Path], Prepared]) -> int:
-    """Parse, validate, plan, sweep, retrain. Returns the exit code."""
+        prepare: Callable[[argparse.Namespace, Path, Path], Prepared],
+        variants: Callable[[argparse.Namespace], dict[str, dict]] | None = None) -> int:
+    """Parse, validate, plan, sweep, retrain. Returns the exit code.
+
+    ``variants(args)`` -> {experiment-name suffix: search-space overrides}: one sweep each,
+    with the same budget (e.g. distillation and its from-scratch baseline). Default: one."""
     quiet_libraries()
     args = parser.parse_args(argv)
     try:
-        return _run(study_name, args, prepare)
+        return _run(study_name, args, prepare, variants or (lambda a: {"": {}}))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _run(study_name, args, prepare) -> int:
-    from models.provenance import provenance
-    from models.registry import get_study
-    from search import sweep
-
-    study = get_study(study_name)
-    for k, v in (SMOKE_DEFAULTS if args.smoke_test else DEFAULTS).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.smoke_test and args.gpus is None:
-        args.gpus = 0
+def _check_resources(args) -> tuple[int, int, int]:
     if args.reduction_factor <= 1:
         raise InputError(f"--reduction-factor {args.reduction_factor}: must be > 1")
     if args.grace_period > args.max_epochs:
@@ -240,81 +235,118 @@ def _run(study_name, args, prepare) -> int:
         raise InputError(f"--cpus-per-trial {args.cpus_per_trial}: only {cpus} CPUs on this machine")
     if gpus and args.gpus_per_trial > gpus:
         raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: more than --gpus {gpus}")
-    storage = check_storage(args.storage_path)
-    name = args.name or study_name
-    exp_dir = storage / name
-    if args.resume:
+    return gpus, found, cpus
+
+
+def _check_experiment_dir(exp_dir: Path, resume: bool) -> None:
+    if resume:
         from ray.tune import Tuner
 
         if not Tuner.can_restore(str(exp_dir)):
             raise InputError(f"--resume: no restorable experiment at {exp_dir}")
     elif exp_dir.exists():
-        raise InputError(f"--name {name!r}: {exp_dir} already exists; pass --resume to continue "
-                         "it (finished trials and retrains are kept) or choose another --name")
+        raise InputError(f"--name {exp_dir.name!r}: {exp_dir} already exists; pass --resume to "
+                         "continue it (finished trials and retrains are kept) or choose another --name")
+
+
+def _run(study_name, args, prepare, variants) -> int:
+    from models.provenance import provenance
+    from models.registry import get_study
+    from search import sweep
+
+    study = get_study(study_name)
+    for k, v in (SMOKE_DEFAULTS if args.smoke_test else DEFAULTS).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.smoke_test and args.gpus is None:
+        args.gpus = 0
+    gpus, found, cpus = _check_resources(args)
+    storage = check_storage(args.storage_path)
+    name = args.name or study_name
+    names = {suffix: name + suffix for suffix in variants(args)}
+    for n in names.values():
+        _check_experiment_dir(storage / n, args.resume)
+    exp_dir = storage / name  # the main experiment; study artefacts (smoke models) live here
 
     with tempfile.TemporaryDirectory(prefix="sweep-prep-") as scratch:
         # The study loads and checks its data and model here; smoke-test artefacts go to
         # scratch first, so that failing validation leaves nothing behind.
         prepared = prepare(args, Path(scratch), exp_dir)
-        space = apply_space_overrides(study.space, args.space, study.config_cls.field_names())
+        base_space = apply_space_overrides(study.space, args.space, study.config_cls.field_names())
         gpus_per_trial = args.gpus_per_trial if gpus else 0.0
-        fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
-                 "num_threads": args.cpus_per_trial}
-        fixed = {k: v for k, v in fixed.items() if k not in space}
-        validate_space(space, study.config_cls, fixed)
         concurrency = int(min(cpus // args.cpus_per_trial,
                               gpus // gpus_per_trial if gpus else math.inf))
         if concurrency < 1:
             raise InputError("no trial fits: lower --cpus-per-trial or --gpus-per-trial")
-        plan = sweep.SweepPlan(
-            study=study, storage_path=storage, name=name, space=space, fixed=fixed,
-            num_samples=args.num_samples, max_epochs=args.max_epochs,
-            grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-            seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
-            concurrency=concurrency, retrain_top_k=args.retrain_top_k,
-            retrain_seeds=args.retrain_seeds, resume=args.resume)
+        plans = []
+        for suffix, overrides in variants(args).items():
+            space = {**base_space, **overrides}
+            fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
+                     "num_threads": args.cpus_per_trial}
+            fixed = {k: v for k, v in fixed.items() if k not in space}
+            validate_space(space, study.config_cls, fixed)
+            plans.append(sweep.SweepPlan(
+                study=study, storage_path=storage, name=names[suffix], space=space, fixed=fixed,
+                num_samples=args.num_samples, max_epochs=args.max_epochs,
+                grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+                seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                concurrency=concurrency, retrain_top_k=args.retrain_top_k,
+                retrain_seeds=args.retrain_seeds, resume=args.resume))
         # --- validation done: from here on we write ---
-        exp_dir.mkdir(parents=True, exist_ok=True)
+        for plan in plans:
+            plan.exp_dir.mkdir(parents=True, exist_ok=True)
         if prepared.finalize:
             prepared.finalize(exp_dir)
-    print_plan(plan, prepared, gpus, found, cpus)
-    record = {"study": study_name, "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
-              "metric": study.metric, "mode": study.mode,
-              "space": {k: v.describe() for k, v in space.items()}, "fixed": fixed,
-              "num_samples": plan.num_samples, "concurrency": concurrency, "gpus": gpus,
-              "gpus_per_trial": gpus_per_trial, "cpus_per_trial": args.cpus_per_trial,
-              **prepared.describe, **provenance()}
-    if not args.resume or not (exp_dir / "experiment.json").exists():
-        (exp_dir / "experiment.json").write_text(json.dumps(record, indent=1, default=str))
 
     import ray
 
-    t0 = time.time()
     ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
              log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    outcomes = []
     try:
-        prov = provenance()
-        tuner = sweep.build_tuner(plan, prepared.data, prov)
-        tuner.fit()
-        finished, statuses = sweep.sweep_finished(plan)
-        trials, epochs = write_tables(plan)
-        if not finished:
-            print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
-                  f"finished trials; continue with the same command plus --resume", flush=True)
-            return 130
-        print_leaderboard(plan, trials, time.time() - t0)
-        if plan.retrain_top_k:
-            runs, complete = sweep.retrain(plan, trials, prepared.data, prov)
-            hp = list(plan.space)
-            summary = sweep.summarize_retrain(runs, hp)
-            runs.to_csv(exp_dir / "retrain_runs.csv", index=False)
-            summary.to_csv(exp_dir / "retrain.csv", index=False)
-            print_retrain(summary, hp, exp_dir)
-            if not complete:
-                return 130
+        for plan in plans:
+            print_plan(plan, prepared, gpus, found, cpus)
+            record = {"study": study_name, "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
+                      "metric": study.metric, "mode": study.mode,
+                      "space": {k: v.describe() for k, v in plan.space.items()},
+                      "fixed": plan.fixed, "num_samples": plan.num_samples,
+                      "concurrency": concurrency, "gpus": gpus, "gpus_per_trial": gpus_per_trial,
+                      "cpus_per_trial": args.cpus_per_trial, **prepared.describe, **provenance()}
+            if not (plan.exp_dir / "experiment.json").exists():
+                (plan.exp_dir / "experiment.json").write_text(
+                    json.dumps(record, indent=1, default=str))
+            code, summary = _sweep_and_retrain(plan, prepared, provenance())
+            if code:
+                return code
+            outcomes.append((plan, summary))
+        if prepared.after:
+            prepared.after(outcomes)
     finally:
         ray.shutdown()
     return 0
+
+
+def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
+    from search import sweep
+
+    t0 = time.time()
+    sweep.build_tuner(plan, prepared.data, prov).fit()
+    finished, statuses = sweep.sweep_finished(plan)
+    trials, _ = write_tables(plan)
+    if not finished:
+        print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
+              f"finished trials; continue with the same command plus --resume", flush=True)
+        return 130, None
+    print_leaderboard(plan, trials, time.time() - t0)
+    if not plan.retrain_top_k:
+        return 0, None
+    runs, complete = sweep.retrain(plan, trials, prepared.data, prov)
+    hp = list(plan.space)
+    summary = sweep.summarize_retrain(runs, hp)
+    runs.to_csv(plan.exp_dir / "retrain_runs.csv", index=False)
+    summary.to_csv(plan.exp_dir / "retrain.csv", index=False)
+    print_retrain(summary, hp, plan.exp_dir)
+    return (0 if complete else 130), summary
 
 
 def write_tables(plan):
@@ -363,7 +395,7 @@ def print_retrain(summary, hp: list[str], exp_dir: Path) -> None:
     with _pandas_wide():
         print(summary[cols].to_string(index=False), flush=True)
     print(f"tables: {exp_dir / 'retrain.csv'}, {exp_dir / 'retrain_runs.csv'}; "
-          f"adapters: {exp_dir / 'retrained'}", flush=True)
+          f"models: {exp_dir / 'retrained'}", flush=True)
 
 
 def _pandas_wide():

@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""CoLA distillation sweep: a fine-tuned teacher distils into a GRU student (embedding -> GRU
+-> linear). Optuna TPE + ASHA sweep learning rate, kd_fraction, kd_temperature, student size
+and batch size on best-so-far MCC of a held-out slice of the training set; the best are
+retrained with seeds and compared on GLUE dev with the same student trained from scratch.
+
+    python search/cola_kd.py --teacher DIR --gpus 4 --with-baseline
+    python search/cola_kd.py --teacher DIR --data-dir DIR --no-kd      # the baseline alone
+    python search/cola_kd.py --smoke-test                              # tiny teacher, CPU
+
+The teacher runs once, up front, over every sentence; trials receive its logits."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
+
+from models.errors import InputError  # noqa: E402
+from search.cli import Prepared, base_parser, copy_tree, positive_int, run  # noqa: E402
+from spaces.dims import Fixed  # noqa: E402
+
+STUDY = "cola_kd"
+SCRATCH = "-scratch"
+# kd_fraction = 1 is plain cross-entropy; the temperature then has no effect, so it is fixed.
+NO_KD = {"kd_fraction": Fixed(1.0), "kd_temperature": Fixed(1.0)}
+SMOKE_TRAIN_SLICE = 800
+
+
+def parser():
+    p = base_parser("cola_kd.py", __doc__.split("\n\n")[0])
+    g = p.add_argument_group("CoLA distillation")
+    g.add_argument("--teacher", default=None,
+                   help="a LoRA retrain output (adapter + base model) or any saved 2-label "
+                        "sequence classifier (required unless --smoke-test)")
+    g.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory, when the teacher's own cannot be loaded; its "
+                        "vocabulary must be the teacher's")
+    g.add_argument("--data-dir", default=None, help="CoLA directory (as for cola_lora.py)")
+    g.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--no-kd", action="store_true",
+                      help="the scratch baseline alone: the same space with kd_fraction = 1")
+    mode.add_argument("--with-baseline", action="store_true",
+                      help="run the distillation sweep and the scratch sweep, same budget")
+    p.set_defaults(gpus_per_trial=0.25)  # small students share a GPU
+    return p
+
+
+def variants(args) -> dict:
+    if args.no_kd:
+        return {"": NO_KD}
+    return {"": {}, SCRATCH: NO_KD} if args.with_baseline else {"": {}}
+
+
+def smoke_teacher(splits, out: Path, seed: int) -> str:
+    """A tiny GPT-2 classifier, fine-tuned for a few epochs with the shared loop, merged and
+    saved as a plain 2-label classifier directory."""
+    import torch
+
+    from models.cola_data import tokenize_cola
+    from models.cola_lora import ColaLoraConfig, setup
+    from models.hf import load_tokenizer
+    from models.loop import build_optimizer, train_loop
+    from models.tiny import build_tiny_gpt2
+
+    base = build_tiny_gpt2(out / "base", splits.train_text + splits.dev_text, seed=seed)
+    tok = load_tokenizer(base)
+    data = tokenize_cola(splits, tok, selection_fraction=0.1, seed=seed)
+    torch.manual_seed(seed)
+    cfg = ColaLoraConfig(model=base, learning_rate=5e-3, lora_r=8, lora_alpha=16, max_epochs=4,
+                         batch_size=16, stage="retrain")
+    s = setup(cfg, data, "cpu")
+    opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
+                                 total_steps=s.steps_per_epoch * cfg.max_epochs, warmup_ratio=0.06)
+    train_loop(model=s.model, optimizer=opt, scheduler=sched, loss_fn=s.loss_fn,
+               train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=cfg.max_epochs,
+               best_metric=s.best_metric, report=lambda m, st: None)
+    teacher = out / "teacher"
+    s.model.merge_and_unload().save_pretrained(teacher)
+    tok.save_pretrained(teacher)
+    return str(teacher)
+
+
+def student_vocabulary(args, model, tokenizer, teacher_dir: str):
+    """-> (tokenizer, vocabulary size) the student reads: the teacher's own."""
+    from models.hf import load_tokenizer
+
+    if args.tokenizer:
+        own = tokenizer
+        tokenizer = load_tokenizer(args.tokenizer)
+        if tokenizer.get_vocab() != own.get_vocab():
+            raise InputError(f"--tokenizer {args.tokenizer!r}: its vocabulary ({len(tokenizer)} "
+                             f"tokens) is not the teacher's ({len(own)} tokens); the student "
+                             "must read the teacher's token ids")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise InputError(f"--teacher {teacher_dir!r}: tokenizer has {len(tokenizer)} tokens but the "
+                         f"teacher's embedding only {vocab}; the student vocabulary would not match")
+    return tokenizer, vocab
+
+
+def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
+    import torch
+
+    from models.cola_data import load_cola_dir, load_cola_hub, synthetic_cola, tokenize_cola
+    from models.cola_kd import KDData
+    from models.metrics import classification_metrics
+    from models.teacher import load_teacher, teacher_logits
+
+    if args.teacher is None and not args.smoke_test:
+        raise InputError("--teacher is required (a LoRA retrain output or a saved classifier)")
+    if args.teacher is not None:  # checked before the data: the cheaper mistake to find first
+        model, tokenizer, info = load_teacher(args.teacher)
+        student_vocabulary(args, model, tokenizer, args.teacher)
+    if args.data_dir:
+        splits = load_cola_dir(args.data_dir)
+    else:
+        splits = synthetic_cola() if args.smoke_test else load_cola_hub()
+    if args.smoke_test and args.data_dir and args.max_train_samples is None:
+        args.max_train_samples = SMOKE_TRAIN_SLICE
+    finalize = None
+    teacher_dir = args.teacher
+    if teacher_dir is None:  # --smoke-test: a tiny teacher fine-tuned here
+        final = exp_dir / "smoke-teacher"
+        if (final / "teacher").is_dir():
+            teacher_dir = str(final / "teacher")
+            model, tokenizer, info = load_teacher(teacher_dir)
+        else:
+            smoke_teacher(splits, scratch / "smoke-teacher", args.seed)
+            model, tokenizer, info = load_teacher(str(scratch / "smoke-teacher" / "teacher"))
+            # where it will live once validation passed
+            teacher_dir = str(final / "teacher")
+            finalize = lambda d: copy_tree(scratch / "smoke-teacher", d / "smoke-teacher")  # noqa: E731
+    tokenizer, vocab = student_vocabulary(args, model, tokenizer, teacher_dir)
+
+    data = tokenize_cola(splits, tokenizer, selection_fraction=args.selection_fraction,
+                         seed=args.seed, max_length=args.max_length,
+                         max_train_samples=args.max_train_samples)
+    device = "cuda" if args.gpus and torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    # One pass over train + dev, never repeated: trials get these arrays.
+    both, rate = teacher_logits(model, data.train_ids + data.dev_ids, pad_id=data.pad_token_id,
+                                device=device)
+    teacher_s = time.perf_counter() - t0
+    n = len(data.train_ids)
+    kd = KDData(cola=data, teacher_train=both[:n], teacher_dev=both[n:], vocab_size=vocab)
+    metrics = {}
+    for split in ("select", "dev") + (("dev_in", "dev_out") if data.dev_domain is not None else ()):
+        _, labels = data.split(split)
+        for k, v in classification_metrics(labels, kd.teacher_logits(split).argmax(-1)).items():
+            metrics[f"{split}_{k}"] = v
+    if device == "cpu":
+        cpu_rate = rate
+    else:  # the table reports CPU inference throughput for every model
+        _, cpu_rate = teacher_logits(model.cpu(), data.dev_ids[:256], pad_id=data.pad_token_id)
+        torch.cuda.empty_cache()
+    kd.teacher = {**info, "dir": teacher_dir, **metrics, "cpu_sentences_per_s": cpu_rate}
+    del model
+    return Prepared(
+        data=kd,
+        fixed={"model": teacher_dir},
+        describe={
+            "teacher": f"{teacher_dir} ({info['kind']}, {info['params']:,} params); logits for "
+                       f"{len(both)} sentences in {teacher_s:.1f} s on {device}",
+            "teacher metrics": f"selection acc {metrics['select_accuracy']:.3f} MCC "
+                               f"{metrics['select_mcc']:.3f}; dev acc {metrics['dev_accuracy']:.3f} "
+                               f"MCC {metrics['dev_mcc']:.3f}",
+            "data": data.origin,
+            "rows": f"{data.meta['fit_rows']} fit / {data.meta['select_rows']} selection / "
+                    f"{data.meta['dev_rows']} dev (retrains only)",
+            "student vocabulary": f"{vocab} (the teacher's)",
+        },
+        finalize=finalize,
+        after=lambda outcomes: compare(outcomes, kd),
+    )
+
+
+def _student_row(label: str, plan, summary) -> tuple[dict, object]:
+    """Best configuration (rank 1) of one sweep's retrain, mean ± sd over seeds, and one of
+    its retrained students (for timing)."""
+    import pandas as pd
+
+    from models.cola_kd import WEIGHTS, load_student
+
+    runs = pd.read_csv(plan.exp_dir / "retrain_runs.csv")
+    best = runs[runs["rank"] == 1]
+    top = summary[summary["rank"] == 1].iloc[0]
+    model_dir = plan.exp_dir / "retrained" / best["job"].iloc[0]
+    row = {"model": label, "dev_accuracy": top["dev_accuracy"], "dev_mcc": top["dev_mcc"],
+           "dev_mcc_mean": top["dev_mcc_mean"], "dev_mcc_sd": top["dev_mcc_sd"],
+           "params": int(best["trainable_params"].iloc[0]),
+           "size_mb": (model_dir / WEIGHTS).stat().st_size / 1e6,
+           "agreement": float(best["dev_agreement"].mean())}
+    return row, load_student(model_dir)
+
+
+def compare(outcomes, kd) -> None:
+    """One table: teacher, best KD student, best scratch student on GLUE dev."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from models.batching import classification_batches
+
+    t = kd.teacher
+    rows = [{"model": f"teacher ({t['kind']})", "dev_accuracy": f"{t['dev_accuracy']:.4f}",
+             "dev_mcc": f"{t['dev_mcc']:.4f}", "dev_mcc_mean": t["dev_mcc"], "dev_mcc_sd": 0.0,
+             "params": t["params"], "size_mb": t["size_bytes"] / 1e6,
+             "cpu_sentences_per_s": t["cpu_sentences_per_s"], "agreement": 1.0}]
+    dev_ids = kd.cola.dev_ids
+    for plan, summary in outcomes:
+        if summary is None or summary.empty:
+            continue
+        label = "scratch student" if plan.fixed.get("kd_fraction") == 1.0 or \
+            isinstance(plan.space.get("kd_fraction"), Fixed) else "KD student"
+        row, student = _student_row(label, plan, summary)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for b in classification_batches(dev_ids, np.zeros(len(dev_ids)), batch_size=64,
+                                            pad_id=kd.cola.pad_token_id):
+                student(b["input_ids"], b["attention_mask"])
+            row["cpu_sentences_per_s"] = len(dev_ids) / (time.perf_counter() - t0)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    out_dir = outcomes[0][0].exp_dir
+    table.to_csv(out_dir / "comparison.csv", index=False)
+    show = table[["model", "dev_accuracy", "dev_mcc", "params", "size_mb",
+                  "cpu_sentences_per_s", "agreement"]]
+    print("\n== Teacher vs students on GLUE dev (students: best configuration, mean ± sd over "
+          "seeds, last epoch)", flush=True)
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        print(show.to_string(index=False), flush=True)
+    kd_row = next((r for r in rows if r["model"] == "KD student"), None)
+    sc_row = next((r for r in rows if r["model"] == "scratch student"), None)
+    if kd_row and sc_row:
+        gain = kd_row["dev_mcc_mean"] - sc_row["dev_mcc_mean"]
+        sd = math.sqrt((kd_row["dev_mcc_sd"] ** 2 + sc_row["dev_mcc_sd"] ** 2) / 2)
+        verdict = "exceeds" if not math.isnan(sd) and gain > 2 * sd else "does not exceed"
+        print(f"KD gain in dev MCC: {gain:+.4f}; pooled seed sd {sd:.4f}: the gain {verdict} "
+              f"2 sd", flush=True)
+    print(f"table: {out_dir / 'comparison.csv'}", flush=True)
+
+
+def main(argv=None) -> int:
+    return run(STUDY, argv, parser(), prepare, variants)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

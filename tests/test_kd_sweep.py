@@ -1,0 +1,91 @@
+"""The distillation study end to end (real Ray, Optuna, ASHA), and its bad inputs."""
+import math
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli
+
+KD_SCRIPT = REPO / "search" / "cola_kd.py"
+
+
+@pytest.mark.slow
+def test_kd_smoke_with_baseline_runs_teacher_once(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from conftest import ray_tmpdir
+    from models import teacher
+
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmpdir(tmp_path)))
+    spec = importlib.util.spec_from_file_location("cola_kd_cli", KD_SCRIPT)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    teacher.PASSES.update(count=0, forwards=0)
+    storage = tmp_path / "runs"
+    code = cli.main(["--smoke-test", "--with-baseline", "--storage-path", str(storage)])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    # One pass of the teacher over train + dev for the whole command (both sweeps, all
+    # trials, all retrains): 600 + 200 generated sentences in batches of 64.
+    assert teacher.PASSES == {"count": 1, "forwards": math.ceil(800 / 64)}
+    for name in ("cola_kd", "cola_kd-scratch"):
+        trials = pd.read_csv(storage / name / "trials.csv")
+        assert len(trials) >= 4
+        assert {"config/kd_fraction", "config/kd_temperature", "config/hidden_size",
+                "last_val_agreement", "best_val_mcc"} <= set(trials.columns)
+    scratch = pd.read_csv(storage / "cola_kd-scratch" / "trials.csv")
+    assert (scratch["config/kd_fraction"] == 1.0).all()
+    table = pd.read_csv(storage / "cola_kd" / "comparison.csv")
+    assert table["model"].tolist()[1:] == ["KD student", "scratch student"]
+    assert table["model"].iloc[0].startswith("teacher")
+    for col in ("dev_accuracy", "dev_mcc", "params", "size_mb", "cpu_sentences_per_s", "agreement"):
+        assert table[col].notna().all(), col
+    assert (table["cpu_sentences_per_s"] > 0).all()
+    assert "KD gain in dev MCC" in out and "2 sd" in out
+
+
+@pytest.fixture(scope="module")
+def three_label_teacher(tmp_path_factory, tiny_model):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    d = tmp_path_factory.mktemp("t3") / "teacher"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3).save_pretrained(d)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(tmp_path_factory):
+    from models.tiny import build_tiny_gpt2
+
+    return build_tiny_gpt2(tmp_path_factory.mktemp("other") / "m",
+                           ["completely different words here"] * 20, vocab_size=300)
+
+
+@pytest.mark.parametrize("case", ["missing-teacher", "three-labels", "fraction", "temperature",
+                                  "hidden-size", "tokenizer-mismatch", "no-teacher"])
+def test_kd_bad_input(case, tmp_path, three_label_teacher, other_tokenizer, tiny_model):
+    storage = tmp_path / "runs"
+    args, needles = {
+        "missing-teacher": (["--teacher", str(tmp_path / "nope")], ["--teacher", "no such directory"]),
+        "three-labels": (["--teacher", three_label_teacher], ["3 labels", "needs a 2-label"]),
+        "fraction": (["--smoke-test", "--space", "kd_fraction=0:1.5"], ["kd_fraction=1.5", "[0, 1]"]),
+        "temperature": (["--smoke-test", "--space", "kd_temperature=0:4"], ["kd_temperature", "> 0"]),
+        "hidden-size": (["--smoke-test", "--space", "hidden_size=0,64"], ["hidden_size=0", ">= 1"]),
+        "tokenizer-mismatch": (["--teacher", three_label_teacher, "--tokenizer", other_tokenizer],
+                               ["--teacher"]),
+        "no-teacher": ([], ["--teacher is required"]),
+    }[case]
+    if case == "tokenizer-mismatch":  # a valid 2-label teacher whose vocabulary differs
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        t2 = tmp_path / "t2"
+        AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).save_pretrained(t2)
+        AutoTokenizer.from_pretrained(tiny_model).save_pretrained(t2)
+        args = ["--teacher", str(t2), "--tokenizer", other_tokenizer]
+        needles = ["--tokenizer", "is not the teacher's"]
+    r = run_cli(KD_SCRIPT, args + ["--storage-path", str(storage)], tmp_path, timeout=180)
+    assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+    assert not r.ray_started and not storage.exists()
