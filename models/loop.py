@@ -24,10 +24,9 @@ class LoopState:
 
 def build_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay: float,
                     total_steps: int, warmup_ratio: float):
-    """AdamW over the trainable parameters (no decay on biases and norms), warm-up then
-    linear decay to zero."""
-    from transformers import get_linear_schedule_with_warmup
-
+    """AdamW over the trainable parameters (no decay on biases and norms), linear warm-up
+    then linear decay to zero: the formula of transformers' get_linear_schedule_with_warmup,
+    as a torch LambdaLR so that trials of non-HF models never import transformers."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -36,8 +35,14 @@ def build_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_deca
         [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=learning_rate,
     )
-    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * total_steps), total_steps)
-    return opt, sched
+    warmup = int(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def better(value: float, best: float | None, mode: str) -> bool:

@@ -88,3 +88,17 @@ def test_loop_resumes_from_state(tiny_model):
                report=lambda m, st: epochs.append((m["epoch"], m["elapsed_s"], m["best_val_mcc"])))
     assert len(epochs) == 1 and epochs[0][0] == 3 and epochs[0][1] > 10.0
     assert epochs[0][2] >= 0.5
+
+
+def test_schedule_matches_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    for total, ratio in ((100, 0.06), (37, 0.0), (10, 0.5)):
+        p = [torch.nn.Parameter(torch.zeros(2, 2))]
+        ours_opt, ours = build_optimizer(torch.nn.Linear(2, 2), learning_rate=1.0,
+                                         weight_decay=0.0, total_steps=total, warmup_ratio=ratio)
+        ref_opt = torch.optim.AdamW(p, lr=1.0)
+        ref = get_linear_schedule_with_warmup(ref_opt, int(ratio * total), total)
+        for _ in range(total):
+            assert abs(ours.get_last_lr()[0] - ref.get_last_lr()[0]) < 1e-12
+            ours_opt.step(), ours.step(), ref_opt.step(), ref.step()
