@@ -42,3 +42,32 @@ def test_student_is_padding_invariant():
         mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6])
         batch = m(padded, mask)
         assert torch.allclose(alone[0], batch[0], atol=1e-6)
+
+
+def test_lora_retrain_adapter_loads_as_teacher(tmp_path, tiny_model):
+    """A retrain output (peft adapter naming its base model) is a valid --teacher, and the
+    teacher pass reproduces the adapter model's own logits."""
+    import numpy as np
+
+    from models.cola_lora import ColaLoraConfig, build_lora_model
+    from models.hf import load_tokenizer
+    from models.teacher import load_teacher, teacher_logits
+
+    tok = load_tokenizer(tiny_model)
+    torch.manual_seed(0)
+    model = build_lora_model(ColaLoraConfig(model=tiny_model, lora_r=4),
+                             pad_token_id=tok.pad_token_id).eval()
+    with torch.no_grad():  # make the adapter and head non-trivial
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "adapter")
+    teacher, tokenizer, info = load_teacher(str(tmp_path / "adapter"))
+    assert info["kind"].startswith("LoRA adapter on")
+    ids = [np.asarray(tok(s)["input_ids"], dtype=np.int32) for s in ("The dog sees a cat.", "Sees dog.")]
+    got, _ = teacher_logits(teacher, ids, pad_id=tok.pad_token_id)
+    for row, x in zip(got, ids):
+        t = torch.as_tensor(x, dtype=torch.long)[None]
+        with torch.no_grad():
+            want = model(input_ids=t, attention_mask=torch.ones_like(t)).logits[0]
+        assert np.allclose(row, want.numpy(), atol=1e-5)
