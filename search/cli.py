@@ -98,6 +98,29 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+SMOKE_TRAIN_SLICE = 800  # --smoke-test with --data-dir trains on a stratified slice of CoLA
+
+
+def add_cola_arguments(group) -> None:
+    """The CoLA data flags both CoLA studies take."""
+    group.add_argument("--data-dir", default=None,
+                       help="CoLA directory (NYU raw/*.tsv or GLUE train.tsv/dev.tsv); "
+                            "default: the hub's GLUE CoLA (a generated set with --smoke-test)")
+    group.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence")
+
+
+def load_cola_splits(args):
+    """CoLA from --data-dir, else the hub (a generated set for --smoke-test). A smoke test on
+    real data trains on a slice, unless --max-train-samples says otherwise."""
+    from models.cola_data import load_cola_dir, load_cola_hub, synthetic_cola
+
+    if args.smoke_test and args.data_dir and args.max_train_samples is None:
+        args.max_train_samples = SMOKE_TRAIN_SLICE
+    if args.data_dir:
+        return load_cola_dir(args.data_dir)
+    return synthetic_cola() if args.smoke_test else load_cola_hub()
+
+
 # Defaults that differ between a real sweep and a smoke test (flags given explicitly win).
 DEFAULTS = {"num_samples": 20, "max_epochs": 3, "retrain_top_k": 3, "retrain_seeds": 3}
 SMOKE_DEFAULTS = {"num_samples": 6, "max_epochs": 3, "retrain_top_k": 2, "retrain_seeds": 2}

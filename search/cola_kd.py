@@ -19,14 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
-from search.cli import Prepared, base_parser, copy_tree, positive_int, run  # noqa: E402
+from search.cli import (Prepared, add_cola_arguments, base_parser, copy_tree,  # noqa: E402
+                        load_cola_splits, run)
 from spaces.dims import Fixed  # noqa: E402
 
 STUDY = "cola_kd"
 SCRATCH = "-scratch"
 # kd_fraction = 1 is plain cross-entropy; the temperature then has no effect, so it is fixed.
 NO_KD = {"kd_fraction": Fixed(1.0), "kd_temperature": Fixed(1.0)}
-SMOKE_TRAIN_SLICE = 800
 
 
 def parser():
@@ -38,8 +38,7 @@ def parser():
     g.add_argument("--tokenizer", default=None,
                    help="tokenizer directory, when the teacher's own cannot be loaded; its "
                         "vocabulary must be the teacher's")
-    g.add_argument("--data-dir", default=None, help="CoLA directory (as for cola_lora.py)")
-    g.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence")
+    add_cola_arguments(g)
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--no-kd", action="store_true",
                       help="the scratch baseline alone: the same space with kd_fraction = 1")
@@ -105,7 +104,7 @@ def student_vocabulary(args, model, tokenizer, teacher_dir: str):
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     import torch
 
-    from models.cola_data import load_cola_dir, load_cola_hub, synthetic_cola, tokenize_cola
+    from models.cola_data import tokenize_cola
     from models.cola_kd import KDData
     from models.metrics import classification_metrics
     from models.teacher import load_teacher, teacher_logits
@@ -115,12 +114,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     if args.teacher is not None:  # checked before the data: the cheaper mistake to find first
         model, tokenizer, info = load_teacher(args.teacher)
         student_vocabulary(args, model, tokenizer, args.teacher)
-    if args.data_dir:
-        splits = load_cola_dir(args.data_dir)
-    else:
-        splits = synthetic_cola() if args.smoke_test else load_cola_hub()
-    if args.smoke_test and args.data_dir and args.max_train_samples is None:
-        args.max_train_samples = SMOKE_TRAIN_SLICE
+    splits = load_cola_splits(args)
     finalize = None
     teacher_dir = args.teacher
     if teacher_dir is None:  # --smoke-test: a tiny teacher fine-tuned here

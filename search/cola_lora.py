@@ -16,13 +16,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
-from search.cli import Prepared, base_parser, copy_tree, positive_int, run  # noqa: E402
+from search.cli import (Prepared, add_cola_arguments, base_parser, copy_tree,  # noqa: E402
+                        load_cola_splits, run)
 
 STUDY = "cola_lora"
 # A randomly initialised tiny GPT-2 needs larger steps than a pretrained one to learn anything
 # in 3 epochs; the smoke test searches this range unless --space says otherwise.
 SMOKE_SPACE = ["learning_rate=1e-3:3e-2"]
-SMOKE_TRAIN_SLICE = 800  # --smoke-test with --data-dir trains on a stratified slice
 
 
 def parser():
@@ -34,27 +34,19 @@ def parser():
     g.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
                    help="modules LoRA adapts (e.g. query value, or all-linear); default: GPT-2's "
                         "c_attn c_proj c_fc, peft's per-architecture default otherwise")
-    g.add_argument("--data-dir", default=None,
-                   help="CoLA directory (NYU raw/*.tsv or GLUE train.tsv/dev.tsv); "
-                        "default: the hub's GLUE CoLA (a generated set with --smoke-test)")
-    g.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence")
+    add_cola_arguments(g)
     return p
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
-    from models.cola_data import load_cola_dir, load_cola_hub, synthetic_cola, tokenize_cola
+    from models.cola_data import tokenize_cola
     from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
 
-    if args.data_dir:
-        splits = load_cola_dir(args.data_dir)
-    else:
-        splits = synthetic_cola() if args.smoke_test else load_cola_hub()
+    splits = load_cola_splits(args)
     if args.smoke_test and not any(s.startswith("learning_rate=") for s in args.space):
         args.space = SMOKE_SPACE + args.space
-    if args.smoke_test and args.data_dir and args.max_train_samples is None:
-        args.max_train_samples = SMOKE_TRAIN_SLICE
     finalize = None
     if args.smoke_test and args.model is None:
         final = exp_dir / "smoke-model"
