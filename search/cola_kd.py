@@ -159,6 +159,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         describe={
             "teacher": f"{teacher_dir} ({info['kind']}, {info['params']:,} params); logits for "
                        f"{len(both)} sentences in {teacher_s:.1f} s on {device}",
+            # A teacher from the LoRA retrain trained on the whole training set, selection slice
+            # included: its selection figures are then training-set figures.
             "teacher metrics": f"selection acc {metrics['select_accuracy']:.3f} MCC "
                                f"{metrics['select_mcc']:.3f}; dev acc {metrics['dev_accuracy']:.3f} "
                                f"MCC {metrics['dev_mcc']:.3f}",
