@@ -66,15 +66,16 @@ def main() -> None:
     def run(cfg: ColaKDConfig, online: bool) -> float:
         torch.manual_seed(0)
         s = setup(cfg, kd_data, "cpu")
-        loss_fn = s.loss_fn
-        if online:
-            def loss_fn(m, batch):  # the reference: teacher forward on every batch
-                with torch.no_grad():
-                    t_logits = teacher(input_ids=batch["input_ids"],
-                                       attention_mask=batch["attention_mask"]).logits
-                return kd_loss(m(batch["input_ids"], batch["attention_mask"]), t_logits,
-                               batch["labels"], fraction=cfg.kd_fraction,
-                               temperature=cfg.kd_temperature)
+
+        def online_loss(m, batch):  # the reference: teacher forward on every batch
+            with torch.no_grad():
+                t_logits = teacher(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"]).logits
+            return kd_loss(m(batch["input_ids"], batch["attention_mask"]), t_logits,
+                           batch["labels"], fraction=cfg.kd_fraction,
+                           temperature=cfg.kd_temperature)
+
+        loss_fn = online_loss if online else s.loss_fn
         opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                      total_steps=s.steps_per_epoch * cfg.max_epochs,
                                      warmup_ratio=0.06)

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.batching import classification_batches
 from models.classify import make_evaluator, stage_splits

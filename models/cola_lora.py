@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from models.batching import classification_batches
 from models.classify import make_evaluator, stage_splits

@@ -90,5 +90,6 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
                    max_epochs=cfg.max_epochs, best_metric=s.best_metric, mode=s.mode,
                    report=report, state=state, device=device)
     finally:
-        del s, optimizer, scheduler, report
+        # Drop this frame's references (the report closure holds them too) before collecting.
+        s = optimizer = scheduler = report = None  # noqa: F841
         release()

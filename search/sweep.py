@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +38,6 @@ class SweepPlan:
     retrain_top_k: int
     retrain_seeds: int
     resume: bool = False
-    extra: dict = field(default_factory=dict)  # recorded in experiment.json
 
     @property
     def exp_dir(self) -> Path:
@@ -76,7 +75,7 @@ def _wrapped_trainable(plan: SweepPlan, data, provenance: dict):
                                plan.resources)
 
 
-def _reporter(plan: SweepPlan, metrics: list[str], params: list[str]):
+def _reporter(metrics: list[str], params: list[str]):
     from ray import tune
 
     return tune.CLIReporter(metric_columns=metrics, parameter_columns=params,
@@ -126,7 +125,7 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
                               reduction_factor=plan.reduction_factor)
     run_config = _run_config(plan, plan.name, plan.storage_path, keep=2,
                              score=metric.removeprefix("best_"),
-                             reporter=_reporter(plan, ["epoch", metric], list(plan.space)))
+                             reporter=_reporter(["epoch", metric], list(plan.space)))
     return tune.Tuner(
         trainable, param_space=_param_space(plan),
         tune_config=tune.TuneConfig(
@@ -196,7 +195,7 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(
                 plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1, score="epoch",
-                reporter=_reporter(plan, ["epoch", plan.study.report_metric], ["job/_job"])),
+                reporter=_reporter(["epoch", plan.study.report_metric], ["job/_job"])),
         )
         for result in tuner.fit():
             job = (result.config or {}).get("job")
