@@ -20,6 +20,13 @@ class LoopState:
     epoch: int = 0  # epochs completed
     best: float | None = None
     elapsed_s: float = 0.0  # training + evaluation seconds over all previous runs
+    since_best: int = 0  # epochs since the best one (early stopping with patience)
+    stopped: bool = False  # patience ran out
+    train_s_total: float = 0.0  # training seconds (no evaluation) over all epochs
+    peak_mem_mb: float = 0.0  # highest per-epoch peak so far
+    # CPU copies of the trainable parameters at the best epoch (only with keep_best): put
+    # back into the model when training ends, so the final model is the best one.
+    best_params: dict | None = None
 
 
 def build_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_decay: float,
@@ -51,6 +58,39 @@ def better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+class PeakMemory:
+    """Peak memory of one epoch: CUDA max-allocated on a GPU; on the CPU the process's peak
+    resident set (Linux: VmHWM, reset each epoch through /proc/self/clear_refs; elsewhere the
+    lifetime peak ru_maxrss, which only grows)."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def peak_mb(self) -> float:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def train_loop(
     *,
     model: torch.nn.Module,
@@ -66,47 +106,91 @@ def train_loop(
     state: LoopState | None = None,
     device: torch.device | str = "cpu",
     grad_clip: float = 1.0,
+    grad_accum: int = 1,
+    patience: int | None = None,
+    keep_best: bool = False,
 ) -> LoopState:
     """Train from ``state.epoch + 1`` to ``max_epochs``; after each epoch evaluate and call
     ``report(metrics, state)`` with train_loss, the evaluation's metrics,
-    ``best_<best_metric>``, epoch and elapsed_s.
+    ``best_<best_metric>``, epoch, elapsed_s, train_s (this epoch's training seconds),
+    epoch_s (training + evaluation), peak_mem_mb, their running mean_train_s and
+    max_peak_mem_mb, patience_stop and ``last_epoch`` (True on the epoch after which training
+    stops).
 
     ``train_batches(epoch)`` yields dicts of CPU tensors; ``loss_fn(model, batch)`` returns a
     scalar; ``evaluate(model)`` returns a flat dict of floats that contains ``best_metric``.
+    ``grad_accum`` micro-batches make one optimizer step (the scheduler counts steps).
+    ``patience``: stop after that many epochs without a new best. ``keep_best``: when
+    training ends, the trainable parameters of the best epoch are put back.
     """
     state = state or LoopState()
     params = [p for p in model.parameters() if p.requires_grad]
+    memory = PeakMemory(device)
     for epoch in range(state.epoch + 1, max_epochs + 1):
+        if state.stopped:
+            break
         t0 = time.perf_counter()
+        memory.reset()
         model.train()
         # Sum on device; .item() once per epoch avoids a host sync per step.
         loss_sum = torch.zeros((), device=device)
         n_batches = 0
+        optimizer.zero_grad(set_to_none=True)
         for batch in train_batches(epoch):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss = loss_fn(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            scheduler.step()
+            (loss / grad_accum if grad_accum > 1 else loss).backward()
             loss_sum += loss.detach()
             n_batches += 1
+            if n_batches % grad_accum == 0:
+                _step(params, optimizer, scheduler, grad_clip)
+        if n_batches % grad_accum:  # the epoch's last, partial accumulation
+            _step(params, optimizer, scheduler, grad_clip)
+        train_s = time.perf_counter() - t0
         model.eval()
         metrics = dict(evaluate(model))
         value = metrics[best_metric]
         if better(value, state.best, mode):
-            state.best = value
+            state.best, state.since_best = value, 0
+            if keep_best:
+                state.best_params = {n: p.detach().to("cpu", copy=True)
+                                     for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            state.since_best += 1
+        state.stopped = patience is not None and state.since_best >= patience
         state.epoch = epoch
-        state.elapsed_s += time.perf_counter() - t0
+        epoch_s = time.perf_counter() - t0
+        state.elapsed_s += epoch_s
+        state.train_s_total += train_s
+        peak = memory.peak_mb()
+        state.peak_mem_mb = max(state.peak_mem_mb, peak)
         metrics.update({
             "train_loss": (loss_sum / max(n_batches, 1)).item(),
             f"best_{best_metric}": state.best if state.best is not None else float("nan"),
             "epoch": epoch,
             "elapsed_s": state.elapsed_s,
+            "train_s": train_s,
+            "epoch_s": epoch_s,
+            "peak_mem_mb": peak,
+            "mean_train_s": state.train_s_total / epoch,
+            "max_peak_mem_mb": state.peak_mem_mb,
+            "patience_stop": state.stopped,
+            "last_epoch": state.stopped or epoch == max_epochs,
         })
         report(metrics, state)
+    if keep_best and state.best_params:
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for n, v in state.best_params.items():
+                named[n].copy_(v)
     return state
+
+
+def _step(params, optimizer, scheduler, grad_clip: float) -> None:
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @dataclass
@@ -124,3 +208,9 @@ class TrialSetup:
     save_weights: Callable[[str], None]
     load_weights: Callable[[str], None]
     info: dict  # recorded in every result row, e.g. trainable/total parameter counts
+    grad_accum: int = 1
+    patience: int | None = None  # early stopping on best_metric
+    keep_best: bool = False  # end training with the best epoch's trainable parameters
+    # Run once after training (retrains): e.g. generation metrics too costly for every epoch.
+    # Its metrics are reported in one more row, with the final model's checkpoint.
+    final_evaluate: Callable[[torch.nn.Module], dict] | None = None

@@ -1,14 +1,20 @@
 """The one registry: study name -> trainable, search space, config class, metric and mode.
 
-Adding a study means adding its model module and its space module, then one entry here."""
+Adding a study (or a summarization method) means adding its model module and its space, then
+one entry here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from models import cola_kd, cola_lora
+from models import (cola_kd, cola_lora, summarize_last_layers, summarize_lora,
+                    summarize_prompt)
+from spaces import cnndm as cnndm_space
 from spaces import cola_kd as cola_kd_space
 from spaces import cola_lora as cola_lora_space
+
+COLA_REPORT = r"^dev(_in|_out)?_(accuracy|mcc)$"
+CNNDM_REPORT = r"^(test_(loss|ppl|rouge1|rouge2|rougeL)|mean_train_s|max_peak_mem_mb)$"
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,15 @@ class Study:
     config_cls: type
     metric: str  # what ASHA and the searcher optimise (best-so-far on the selection split)
     mode: str
-    report_metric: str  # what retrains are reported on (held-out dev, last epoch)
+    report_metric: str  # what retrains are reported on (held-out split)
+    report_columns: str = COLA_REPORT  # regex: retrain columns summarised as mean ± sd
+    report_split: str = "GLUE dev"  # where retrains are reported, in words
+
+
+def _cnndm(method: str, module, config_cls, space) -> Study:
+    return Study(f"cnndm_{method}", module.trainable, space, config_cls,
+                 metric="best_val_loss", mode="min", report_metric="test_loss",
+                 report_columns=CNNDM_REPORT, report_split="the test split")
 
 
 STUDIES: dict[str, Study] = {
@@ -28,6 +42,13 @@ STUDIES: dict[str, Study] = {
                        report_metric="dev_mcc"),
     "cola_kd": Study("cola_kd", cola_kd.trainable, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
                      metric="best_val_mcc", mode="max", report_metric="dev_mcc"),
+    "cnndm_prompt": _cnndm("prompt", summarize_prompt, summarize_prompt.SumPromptConfig,
+                           cnndm_space.PROMPT),
+    "cnndm_lora": _cnndm("lora", summarize_lora, summarize_lora.SumLoraConfig,
+                         cnndm_space.LORA),
+    "cnndm_last_layers": _cnndm("last_layers", summarize_last_layers,
+                                summarize_last_layers.SumLastLayersConfig,
+                                cnndm_space.LAST_LAYERS),
 }
 
 

@@ -73,22 +73,35 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
             torch.set_rng_state(saved["torch_rng"])
 
     meta = {"config": cfg.to_dict(), "seed": cfg.seed, **provenance}
+    last: dict = {}
 
-    def report(metrics: dict, st: LoopState) -> None:
-        row = {**metrics, **s.info, "seed": cfg.seed, **provenance}
+    def report(metrics: dict, st: LoopState, final: bool = False) -> None:
+        # "complete": this row is the trial's final result (a retrain is done when it has one).
+        complete = final or (bool(metrics.get("last_epoch")) and s.final_evaluate is None)
+        row = {**metrics, **s.info, "seed": cfg.seed, "complete": complete, **provenance}
+        last.clear()
+        last.update(metrics)
         with tempfile.TemporaryDirectory() as d:
             s.save_weights(d)
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "loop": vars(st).copy(), "torch_rng": torch.get_rng_state()},
                        Path(d) / TRAINER_STATE)
-            (Path(d) / META).write_text(json.dumps({**meta, "metrics": metrics}, indent=1))
+            (Path(d) / META).write_text(json.dumps({**meta, "metrics": metrics}, indent=1,
+                                                   default=str))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:
-        train_loop(model=s.model, optimizer=optimizer, scheduler=scheduler, loss_fn=s.loss_fn,
-                   train_batches=s.train_batches, evaluate=s.evaluate,
-                   max_epochs=cfg.max_epochs, best_metric=s.best_metric, mode=s.mode,
-                   report=report, state=state, device=device)
+        state = train_loop(
+            model=s.model, optimizer=optimizer, scheduler=scheduler, loss_fn=s.loss_fn,
+            train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=cfg.max_epochs,
+            best_metric=s.best_metric, mode=s.mode, report=report, state=state, device=device,
+            grad_accum=s.grad_accum, patience=s.patience, keep_best=s.keep_best)
+        if s.final_evaluate is not None:
+            # One more row, for the final (best-epoch, with keep_best) model.
+            s.model.eval()
+            final = {**last, "epoch": state.epoch, "elapsed_s": state.elapsed_s,
+                     **s.final_evaluate(s.model), "last_epoch": True}
+            report(final, state, final=True)
     finally:
         # Drop this frame's references (the report closure holds them too) before collecting.
         s = optimizer = scheduler = report = None  # noqa: F841

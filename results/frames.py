@@ -103,17 +103,21 @@ def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max") -> pd.Da
         values = [v for v in values if not math.isnan(v)]
         best = (max if mode == "max" else min)(values) if values else float("nan")
         epochs = int(last.get("epoch", last.get("training_iteration", len(t.rows))))
-        finished = max_epochs is not None and epochs >= int(max_epochs)
+        # A trial that ran out of patience (no better score for some epochs) ended on its own.
+        patience = bool(last.get("patience_stop"))
+        finished = (max_epochs is not None and epochs >= int(max_epochs)) or patience
         row.update({
             "status": "ERROR" if t.errored else ("TERMINATED" if finished else "STOPPED"),
             metric: best,
             "epochs_run": epochs,
-            "stopped_early": (not t.errored) and not finished,
+            "stopped_early": (not t.errored) and not finished,  # by the scheduler (ASHA)
+            "patience_stopped": patience,
             "wall_s": last.get("time_total_s"),
         })
         for k, v in last.items():
             if k in _TUNE_NOISE or k in ("trial_id", metric, "epoch", "training_iteration",
-                                          "time_total_s"):
+                                          "time_total_s", "patience_stop", "last_epoch",
+                                          "complete"):
                 continue
             if k in ("trainable_params", "total_params", "seed", "git_commit", "versions"):
                 row[k] = v

@@ -59,9 +59,18 @@ def fraction(text: str) -> float:
     return v
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those flags say in words what happens without them)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     g = p.add_argument_group("resources")
     g.add_argument("--gpus", type=nonneg_int, default=None,
                    help="GPUs to use in total (default: all present; 0 runs on CPU)")
@@ -70,8 +79,8 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--cpus-per-trial", type=positive_int, default=1,
                    help="CPUs (and torch threads) per trial")
     g = p.add_argument_group("search")
-    g.add_argument("--num-samples", type=positive_int, default=None, help="trials (default 20)")
-    g.add_argument("--max-epochs", type=positive_int, default=None, help="epochs per trial (default 3)")
+    g.add_argument("--num-samples", type=positive_int, default=None, help="trials")
+    g.add_argument("--max-epochs", type=positive_int, default=None, help="epochs per trial")
     g.add_argument("--grace-period", type=positive_int, default=1,
                    help="ASHA: epochs before a trial may be stopped")
     g.add_argument("--reduction-factor", type=positive_float, default=2.0,
@@ -80,14 +89,12 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
                    help="override one search dimension: lo:hi (a range, same scale), "
                         "a,b,c (a choice) or a single value (fixed); repeatable")
-    g.add_argument("--selection-fraction", type=fraction, default=0.1,
-                   help="share of the training set held out to score trials")
     g.add_argument("--max-train-samples", type=positive_int, default=None,
-                   help="use a seeded, stratified subset of the training set (quick runs)")
+                   help="use a seeded subset of the training set (quick runs)")
     g = p.add_argument_group("retrain")
     g.add_argument("--retrain-top-k", type=nonneg_int, default=None,
-                   help="retrain the best k configurations (default 3; 0 skips)")
-    g.add_argument("--retrain-seeds", type=positive_int, default=None, help="seeds per retrain (default 3)")
+                   help="retrain the best k configurations (0 skips)")
+    g.add_argument("--retrain-seeds", type=positive_int, default=None, help="seeds per retrain")
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
     g.add_argument("--storage-path", default="ray_results", help="where experiments are written")
@@ -95,6 +102,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="continue an interrupted sweep (finished trials and retrains are kept)")
     g.add_argument("--smoke-test", action="store_true",
                    help="tiny model built in-process, a handful of trials, CPU, no network")
+    set_study_defaults(p, {}, {})
     return p
 
 
@@ -107,6 +115,8 @@ def add_cola_arguments(group) -> None:
                        help="CoLA directory (NYU raw/*.tsv or GLUE train.tsv/dev.tsv); "
                             "default: the hub's GLUE CoLA (a generated set with --smoke-test)")
     group.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence")
+    group.add_argument("--selection-fraction", type=fraction, default=0.1,
+                       help="share of the training set held out (stratified) to score trials")
 
 
 def load_cola_splits(args):
@@ -126,6 +136,17 @@ DEFAULTS = {"num_samples": 20, "max_epochs": 3, "retrain_top_k": 3, "retrain_see
 SMOKE_DEFAULTS = {"num_samples": 6, "max_epochs": 3, "retrain_top_k": 2, "retrain_seeds": 2}
 
 
+def set_study_defaults(parser: argparse.ArgumentParser, defaults: dict, smoke: dict) -> None:
+    """A study's own defaults for the flags above (flags given explicitly still win); --help
+    shows both."""
+    defaults, smoke = {**DEFAULTS, **defaults}, {**SMOKE_DEFAULTS, **smoke}
+    parser.set_defaults(_defaults=defaults, _smoke_defaults=smoke)
+    for action in parser._actions:
+        if action.dest in defaults:
+            action.help = (action.help or "").split(" (default")[0] + \
+                f" (default {defaults[action.dest]}; {smoke[action.dest]} with --smoke-test)"
+
+
 def _number(text: str):
     for cast in (int, float):
         try:
@@ -135,12 +156,17 @@ def _number(text: str):
     return text
 
 
-def apply_space_overrides(space: dict, overrides: list[str], allowed: set[str]) -> dict:
+def apply_space_overrides(space: dict, overrides: list[str], allowed: set[str],
+                          skip: set[str] = frozenset()) -> dict:
+    """``--space`` items on top of ``space``. Names in ``skip`` belong to another sweep of the
+    same command (another method) and are left out here."""
     space = dict(space)
     for item in overrides:
         name, sep, spec = item.partition("=")
         if not sep or not spec:
             raise InputError(f"--space {item!r}: expected NAME=SPEC, e.g. learning_rate=1e-5:3e-3")
+        if name in skip and name not in allowed:
+            continue
         if name not in allowed:
             raise InputError(f"--space {item!r}: unknown name {name!r}; allowed: {sorted(allowed)}")
         if ":" in spec:
@@ -201,6 +227,15 @@ def check_gpus(asked: int | None) -> tuple[int, int]:
     return asked, found
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One sweep of a command: which study, and search-space overrides on top of its space
+    (e.g. the distillation study with kd_fraction fixed at 1 is its scratch baseline)."""
+
+    study: str
+    overrides: dict
+
+
 @dataclass
 class Prepared:
     """What a study's ``prepare`` returns: the data for every trial and the fixed config."""
@@ -232,15 +267,17 @@ def quiet_libraries() -> None:
 
 def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser,
         prepare: Callable[[argparse.Namespace, Path, Path], Prepared],
-        variants: Callable[[argparse.Namespace], dict[str, dict]] | None = None) -> int:
+        variants: Callable[[argparse.Namespace], dict[str, Variant]] | None = None) -> int:
     """Parse, validate, plan, sweep, retrain. Returns the exit code.
 
-    ``variants(args)`` -> {experiment-name suffix: search-space overrides}: one sweep each,
-    with the same budget (e.g. distillation and its from-scratch baseline). Default: one."""
+    ``variants(args)`` -> {experiment-name suffix: Variant}: one sweep each, with the same
+    budget (e.g. distillation and its from-scratch baseline, or one sweep per summarization
+    method). Default: one sweep of ``study_name``; ``study_name`` also names the experiment."""
     quiet_libraries()
     args = parser.parse_args(argv)
     try:
-        return _run(study_name, args, prepare, variants or (lambda a: {"": {}}))
+        return _run(study_name, args, prepare,
+                    variants or (lambda a: {"": Variant(study_name, {})}))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -277,8 +314,9 @@ def _run(study_name, args, prepare, variants) -> int:
     from models.registry import get_study
     from search import sweep
 
-    study = get_study(study_name)
-    for k, v in (SMOKE_DEFAULTS if args.smoke_test else DEFAULTS).items():
+    defaults = (getattr(args, "_smoke_defaults", SMOKE_DEFAULTS) if args.smoke_test
+                else getattr(args, "_defaults", DEFAULTS))
+    for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.smoke_test and args.gpus is None:
@@ -286,7 +324,8 @@ def _run(study_name, args, prepare, variants) -> int:
     gpus, found, cpus = _check_resources(args)
     storage = check_storage(args.storage_path)
     name = args.name or study_name
-    names = {suffix: name + suffix for suffix in variants(args)}
+    chosen = variants(args)
+    names = {suffix: name + suffix for suffix in chosen}
     for n in names.values():
         _check_experiment_dir(storage / n, args.resume)
     exp_dir = storage / name  # the main experiment; study artefacts (smoke models) live here
@@ -295,18 +334,22 @@ def _run(study_name, args, prepare, variants) -> int:
         # The study loads and checks its data and model here; smoke-test artefacts go to
         # scratch first, so that failing validation leaves nothing behind.
         prepared = prepare(args, Path(scratch), exp_dir)
-        base_space = apply_space_overrides(study.space, args.space, study.config_cls.field_names())
         gpus_per_trial = args.gpus_per_trial if gpus else 0.0
         concurrency = int(min(cpus // args.cpus_per_trial,
                               gpus // gpus_per_trial if gpus else math.inf))
         if concurrency < 1:
             raise InputError("no trial fits: lower --cpus-per-trial or --gpus-per-trial")
+        all_fields = set().union(*(get_study(v.study).config_cls.field_names()
+                                   for v in chosen.values()))
         plans = []
-        for suffix, overrides in variants(args).items():
-            space = {**base_space, **overrides}
+        for suffix, variant in chosen.items():
+            study = get_study(variant.study)
+            fields = study.config_cls.field_names()
+            space = {**apply_space_overrides(study.space, args.space, fields, skip=all_fields),
+                     **variant.overrides}
             fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
                      "num_threads": args.cpus_per_trial}
-            fixed = {k: v for k, v in fixed.items() if k not in space}
+            fixed = {k: v for k, v in fixed.items() if k not in space and k in fields}
             validate_space(space, study.config_cls, fixed)
             plans.append(sweep.SweepPlan(
                 study=study, storage_path=storage, name=names[suffix], space=space, fixed=fixed,
@@ -319,6 +362,7 @@ def _run(study_name, args, prepare, variants) -> int:
         for plan in plans:
             plan.exp_dir.mkdir(parents=True, exist_ok=True)
         if prepared.finalize:
+            exp_dir.mkdir(parents=True, exist_ok=True)
             prepared.finalize(exp_dir)
 
     import ray
@@ -329,8 +373,9 @@ def _run(study_name, args, prepare, variants) -> int:
     try:
         for plan in plans:
             print_plan(plan, prepared, gpus, found, cpus)
-            record = {"study": study_name, "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
-                      "metric": study.metric, "mode": study.mode,
+            record = {"study": plan.study.name,
+                      "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
+                      "metric": plan.study.metric, "mode": plan.study.mode,
                       "space": {k: v.describe() for k, v in plan.space.items()},
                       "fixed": plan.fixed, "num_samples": plan.num_samples,
                       "concurrency": concurrency, "gpus": gpus, "gpus_per_trial": gpus_per_trial,
@@ -365,10 +410,10 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
         return 0, None
     runs, complete = sweep.retrain(plan, trials, prepared.data, prov)
     hp = list(plan.space)
-    summary = sweep.summarize_retrain(runs, hp)
+    summary = sweep.summarize_retrain(runs, hp, plan.study.report_columns)
     runs.to_csv(plan.exp_dir / "retrain_runs.csv", index=False)
     summary.to_csv(plan.exp_dir / "retrain.csv", index=False)
-    print_retrain(summary, hp, plan.exp_dir)
+    print_retrain(summary, hp, plan)
     return (0 if complete else 130), summary
 
 
@@ -407,14 +452,17 @@ def print_leaderboard(plan, trials, wall_s: float) -> None:
     print(f"tables: {plan.exp_dir / 'trials.csv'}, {plan.exp_dir / 'epochs.csv'}", flush=True)
 
 
-def print_retrain(summary, hp: list[str], exp_dir: Path) -> None:
+def print_retrain(summary, hp: list[str], plan) -> None:
+    import re
+
+    exp_dir = plan.exp_dir
     if summary.empty:
         print("\n== Retrain: no finished retrains", flush=True)
         return
     cols = ["rank", "seeds", *hp] + [c for c in summary.columns
-                                     if c.startswith("dev") and not c.endswith(("_mean", "_sd"))]
-    print("\n== Retrained on the full training set, reported on GLUE dev "
-          "(mean ± sd over seeds, last epoch)", flush=True)
+                                     if re.match(plan.study.report_columns, c)]
+    print(f"\n== Retrained best configurations, reported on {plan.study.report_split} "
+          "(mean ± sd over seeds, final model)", flush=True)
     with _pandas_wide():
         print(summary[cols].to_string(index=False), flush=True)
     print(f"tables: {exp_dir / 'retrain.csv'}, {exp_dir / 'retrain_runs.csv'}; "

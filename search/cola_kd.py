@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
-from search.cli import (Prepared, add_cola_arguments, base_parser, copy_tree,  # noqa: E402
-                        load_cola_splits, run)
+from search.cli import (Prepared, Variant, add_cola_arguments, base_parser,  # noqa: E402
+                        copy_tree, load_cola_splits, run)
 from spaces.dims import Fixed  # noqa: E402
 
 STUDY = "cola_kd"
@@ -49,9 +49,10 @@ def parser():
 
 
 def variants(args) -> dict:
+    kd, scratch = Variant(STUDY, {}), Variant(STUDY, NO_KD)
     if args.no_kd:
-        return {"": NO_KD}
-    return {"": {}, SCRATCH: NO_KD} if args.with_baseline else {"": {}}
+        return {"": scratch}
+    return {"": kd, SCRATCH: scratch} if args.with_baseline else {"": kd}
 
 
 def smoke_teacher(splits, out: Path, seed: int) -> str:

@@ -194,13 +194,13 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(
-                plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1, score="epoch",
+                plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1, score=None,  # the latest
                 reporter=_reporter(["epoch", plan.study.report_metric], ["job/_job"])),
         )
         for result in tuner.fit():
             job = (result.config or {}).get("job")
             if job is None or result.error is not None or result.checkpoint is None \
-                    or (result.metrics or {}).get("epoch") != job["max_epochs"]:
+                    or not (result.metrics or {}).get("complete"):
                 # Failed or interrupted: no metrics.json, so a rerun retrains this job.
                 continue
             target = out_root / job["_job"]
@@ -224,7 +224,15 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
     return retrain_frame(out_root, list(plan.space)), not missing
 
 
+# Result keys that are bookkeeping, not measurements of the retrained model.
+_NOT_MEASURES = {"seed", "complete", "last_epoch", "patience_stop", "training_iteration",
+                 "time_total_s", "time_this_iter_s", "timestamp", "pid", "done",
+                 "time_since_restore", "iterations_since_restore"}
+
+
 def retrain_frame(out_root: Path, hparam_names: list[str]) -> pd.DataFrame:
+    """One row per finished retrain job: rank, seed, swept values, every numeric metric of
+    its final result, and the git commit."""
     rows = []
     for f in sorted(out_root.glob("*/metrics.json")):
         m = json.loads(f.read_text())
@@ -232,15 +240,20 @@ def retrain_frame(out_root: Path, hparam_names: list[str]) -> pd.DataFrame:
                      "seed": m["config"]["seed"],
                      **{f"config/{k}": m["config"].get(k) for k in hparam_names},
                      **{k: v for k, v in m["metrics"].items()
-                        if k.startswith("dev") or k in ("epoch", "trainable_params", "git_commit")}})
+                        if (isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and k not in _NOT_MEASURES) or k == "git_commit"}})
     return pd.DataFrame(rows)
 
 
-def summarize_retrain(runs: pd.DataFrame, hparam_names: list[str]) -> pd.DataFrame:
-    """mean ± sd over seeds per configuration, for every dev_* accuracy/MCC column."""
+def summarize_retrain(runs: pd.DataFrame, hparam_names: list[str],
+                      pattern: str = r"^dev(_in|_out)?_(accuracy|mcc)$") -> pd.DataFrame:
+    """mean ± sd over seeds per configuration, for every column matching ``pattern`` (the
+    study's ``report_columns``)."""
+    import re
+
     if runs.empty:
         return runs
-    cols = [c for c in runs.columns if c.startswith("dev") and c.endswith(("accuracy", "mcc"))]
+    cols = [c for c in runs.columns if re.match(pattern, c)]
     rows = []
     for rank, g in runs.groupby("rank", sort=True):
         row = {"rank": int(rank), "seeds": len(g),

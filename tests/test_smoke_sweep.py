@@ -37,7 +37,7 @@ def check_experiment(exp, out, num_samples, retrain_rows):
         assert (adapter / "adapter_model.safetensors").is_file()
         meta = json.loads((adapter / "meta.json").read_text())
         assert {"config", "seed", "git_commit", "versions"} <= set(meta)
-    assert "Leaderboard" in out and "Retrained on the full training set" in out
+    assert "Leaderboard" in out and "Retrained best configurations" in out
     record = json.loads((exp / "experiment.json").read_text())
     assert record["study"] == "cola_lora" and "versions" in record
 

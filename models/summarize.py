@@ -1,0 +1,177 @@
+"""Study 3, the part every summarization method shares: config fields, the causal-LM loss on
+summary tokens, evaluation (token-weighted eval loss), greedy decoding + ROUGE for retrains,
+and saving / restoring whatever the method trains.
+
+A method (``models/summarize_prompt.py``, ``summarize_lora.py``, ``summarize_last_layers.py``)
+adds only its config fields and ``build_model(cfg)``; it registers in ``models/registry.py``.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from models.cnndm_data import IGNORE, SumData, lm_batches, prompt_batches
+from models.config import TrialConfig, require
+from models.hf import count_parameters
+from models.loop import TrialSetup
+
+TRAINABLE_WEIGHTS = "trainable.safetensors"  # non-peft methods: the trained tensors only
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+@dataclass(frozen=True)
+class SummarizeConfig(TrialConfig):
+    learning_rate: float = 1e-3
+    batch_size: int = 8
+    max_epochs: int = 10
+    grad_accum: int = 1  # micro-batches per optimizer step
+    patience: int = 2  # epochs without a better eval loss before the trial stops
+
+    def validate(self) -> None:
+        super().validate()
+        require(isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum",
+                self.grad_accum, "must be an integer >= 1")
+        require(isinstance(self.patience, int) and self.patience >= 1, "patience",
+                self.patience, "must be an integer >= 1")
+
+
+def load_causal_lm(name: str, *, pad_token_id: int):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name)
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _loss(model, batch):
+    return model(**batch).loss
+
+
+def token_weighted_loss(model, examples, *, batch_size: int, pad_id: int, device) -> float:
+    """Mean negative log-likelihood per summary token over ``examples`` (each batch's mean is
+    weighted by its number of loss-bearing tokens)."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for batch in lm_batches(examples, batch_size=batch_size, pad_id=pad_id):
+        # HF shifts labels by one inside the model: position 0's label never counts, and it is
+        # always IGNORE (an article token), so this is the count the model averages over.
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        total += model(**batch).loss.double() * n
+        count += n
+    return (total / max(count, 1)).item()
+
+
+def generate_summaries(model, data: SumData, examples, *, batch_size: int, device) -> list[str]:
+    """Greedy decoding after each example's prompt (article + separator), up to
+    ``max_target_tokens`` + EOS new tokens; text up to the first EOS."""
+    out = [""] * len(examples)
+    # Similar lengths together: less left padding.
+    order = sorted(range(len(examples)), key=lambda i: examples[i].prompt_len)
+    ordered = [examples[i] for i in order]
+    k = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft: "position ids are not supported ..."
+        for batch in prompt_batches(ordered, batch_size=batch_size, pad_id=data.pad_token_id):
+            width = batch["input_ids"].shape[1]
+            gen = model.generate(input_ids=batch["input_ids"].to(device),
+                                 attention_mask=batch["attention_mask"].to(device),
+                                 max_new_tokens=data.max_target_tokens + 1, do_sample=False,
+                                 num_beams=1, pad_token_id=data.pad_token_id,
+                                 eos_token_id=data.eos_token_id)
+            for row in gen[:, width:].tolist():
+                if data.eos_token_id in row:
+                    row = row[: row.index(data.eos_token_id)]
+                out[order[k]] = data.tokenizer.decode(row, skip_special_tokens=True).strip()
+                k += 1
+    return out
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F-measure (rouge-score, Porter stemming), in [0, 1]."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    sums = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for pred, ref in zip(predictions, references):
+        scores = scorer.score(ref, pred)
+        for t in ROUGE_TYPES:
+            sums[t] += scores[t].fmeasure
+    return {t: v / max(len(references), 1) for t, v in sums.items()}
+
+
+def save_trainable(model, path: str) -> None:
+    """peft models: the adapter (safetensors + adapter_config.json); others: the tensors that
+    train, by name."""
+    from peft import PeftModel
+    from safetensors.torch import save_file
+
+    if isinstance(model, PeftModel):
+        model.save_pretrained(path)
+        return
+    tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters()
+               if p.requires_grad}
+    save_file(tensors, str(Path(path) / TRAINABLE_WEIGHTS))
+
+
+def load_trainable(model, path: str) -> None:
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, load_file(str(Path(path) / "adapter_model.safetensors")))
+        return
+    # strict=False: the file holds only the trained tensors; a name it has that the model
+    # lacks still fails.
+    result = model.load_state_dict(load_file(str(Path(path) / TRAINABLE_WEIGHTS)), strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"{path}: tensors not in the model: {result.unexpected_keys[:3]}")
+
+
+def setup(cfg: SummarizeConfig, data: SumData, device, *,
+          build_model: Callable[[SummarizeConfig, SumData], torch.nn.Module]) -> TrialSetup:
+    """Sweep trials train on `train` and are scored on `validation`; retrains train on
+    `train`, stop early on `validation` and are reported on `test` (eval loss every epoch,
+    ROUGE once, on the best epoch's model)."""
+    model = build_model(cfg, data).to(device)
+    eval_bs = max(cfg.batch_size, 8)
+    evals = {"val": "validation"} if cfg.stage == "sweep" else {"val": "validation", "test": "test"}
+
+    def train_batches(epoch: int):
+        return lm_batches(data.train, batch_size=cfg.batch_size, pad_id=data.pad_token_id,
+                          shuffle_seed=cfg.seed * 1000 + epoch)
+
+    @torch.inference_mode()
+    def evaluate(m) -> dict:
+        return {f"{prefix}_loss": token_weighted_loss(m, data.split(split), batch_size=eval_bs,
+                                                      pad_id=data.pad_token_id, device=device)
+                for prefix, split in evals.items()}
+
+    @torch.inference_mode()
+    def final_evaluate(m) -> dict:
+        out = evaluate(m)
+        t0 = time.perf_counter()
+        refs = data.references
+        preds = generate_summaries(m, data, data.test[: len(refs)], batch_size=eval_bs,
+                                   device=device)
+        out.update({f"test_{k}": v for k, v in rouge(preds, refs).items()})
+        out.update({"rouge_samples": len(refs), "generate_s": time.perf_counter() - t0,
+                    "test_ppl": math.exp(min(out["test_loss"], 50.0))})
+        return out
+
+    batches = -(-len(data.train) // cfg.batch_size)
+    return TrialSetup(
+        model=model, loss_fn=_loss, train_batches=train_batches,
+        steps_per_epoch=-(-batches // cfg.grad_accum),
+        evaluate=evaluate, best_metric="val_loss", mode="min",
+        save_weights=lambda path: save_trainable(model, path),
+        load_weights=lambda path: load_trainable(model, path),
+        info=count_parameters(model), grad_accum=cfg.grad_accum, patience=cfg.patience,
+        keep_best=True, final_evaluate=final_evaluate if cfg.stage == "retrain" else None,
+    )

@@ -1,0 +1,312 @@
+#!/usr/bin/env python
+"""CNN/DailyMail summarization sweep: GPT-2 adapted by soft-prompt tuning, LoRA, or training
+only its last blocks. Optuna TPE + ASHA sweep each method on the validation split's eval loss
+(summary tokens only); the best configuration of each method is retrained with seeds, stopped
+early on validation loss and reported on the test split: eval loss, ROUGE-1/2/L of greedy
+summaries, trainable parameters, time per epoch, peak memory. ``--method all`` compares the
+three in one table and one bar chart per metric.
+
+    python search/cnndm_summarize.py --method all --gpus 4                  # hub gpt2 + hub data
+    python search/cnndm_summarize.py --method lora --data-dir DIR --model PATH  # offline
+    python search/cnndm_summarize.py --smoke-test                           # tiny model, CPU
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
+
+from models.errors import InputError  # noqa: E402
+from search.cli import (Prepared, Variant, apply_space_overrides, base_parser,  # noqa: E402
+                        copy_tree, fraction, nonneg_int, positive_int, run, set_study_defaults)
+from spaces.dims import Choice, LogUniform  # noqa: E402
+
+NAME = "cnndm"
+METHODS = {"prompt": "cnndm_prompt", "lora": "cnndm_lora", "last-layers": "cnndm_last_layers"}
+# The tiny smoke GPT-2 (briefly pretrained in-process) wants larger steps than a real one, and
+# has 2 blocks.
+SMOKE_SPACES = {"prompt": {"learning_rate": LogUniform(1e-2, 3e-1)},
+                "lora": {"learning_rate": LogUniform(3e-3, 3e-2)},
+                "last-layers": {"learning_rate": LogUniform(1e-3, 1e-2),
+                                "n_last_layers": Choice((1, 2))}}
+SMOKE_TOKENS = {"max_source_tokens": 96, "max_target_tokens": 24, "rouge_samples": 8}
+
+
+def parser():
+    from models.summarize_prompt import DEFAULT_INIT_TEXT
+
+    p = base_parser("cnndm_summarize.py", __doc__.split("\n\n")[0])
+    set_study_defaults(p, {"num_samples": 12, "max_epochs": 10, "retrain_top_k": 1,
+                           "retrain_seeds": 3},
+                       {"num_samples": 4, "max_epochs": 2, "retrain_top_k": 1, "retrain_seeds": 1})
+    g = p.add_argument_group("summarization")
+    g.add_argument("--method", choices=[*METHODS, "all"], default="all",
+                   help="adaptation to sweep; all: one sweep each, then a comparison")
+    g.add_argument("--model", default=None,
+                   help="hub id (gpt2, gpt2-medium, ...) or a local causal-LM directory "
+                        "(default gpt2; a tiny in-process GPT-2 with --smoke-test)")
+    g.add_argument("--data-dir", default=None,
+                   help="Kaggle CSV export: train.csv, validation.csv, test.csv (columns id, "
+                        "article, highlights), or one CSV (or a directory with one) split "
+                        "80/10/10; default: the hub's cnn_dailymail 3.0.0 (a generated set "
+                        "with --smoke-test)")
+    g.add_argument("--max-source-tokens", type=positive_int, default=None,
+                   help="article tokens kept (default 512; 96 with --smoke-test)")
+    g.add_argument("--max-target-tokens", type=positive_int, default=None,
+                   help="summary tokens kept (default 128; 24 with --smoke-test)")
+    g.add_argument("--separator", default=" TL;DR: ", help="text between article and summary")
+    g.add_argument("--max-eval-samples", type=positive_int, default=None,
+                   help="seeded subset of the validation and test splits (quick runs)")
+    g.add_argument("--rouge-samples", type=nonneg_int, default=None,
+                   help="test articles summarised for ROUGE after each retrain "
+                        "(default 100; 8 with --smoke-test)")
+    g.add_argument("--max-empty-fraction", type=fraction, default=0.01,
+                   help="share of rows with an empty article or summary that is dropped "
+                        "silently; more is an error")
+    g.add_argument("--batch-size", type=positive_int, default=8, help="examples per micro-batch")
+    g.add_argument("--grad-accum", type=positive_int, default=1,
+                   help="micro-batches per optimizer step")
+    g.add_argument("--patience", type=positive_int, default=2,
+                   help="stop a trial after this many epochs without a better eval loss")
+    g.add_argument("--prompt-init-text", default=DEFAULT_INIT_TEXT,
+                   help="prompt: text whose embeddings initialise the soft prompt")
+    g.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
+                   help="lora: modules to adapt (default GPT-2's c_attn c_proj c_fc)")
+    return p
+
+
+def chosen_methods(args) -> list[str]:
+    return list(METHODS) if args.method == "all" else [args.method]
+
+
+def variants(args) -> dict:
+    out = {}
+    for method in chosen_methods(args):
+        overrides = {}
+        if args.smoke_test:  # unless --space says otherwise
+            overrides = {k: v for k, v in SMOKE_SPACES[method].items()
+                         if not any(s.startswith(k + "=") for s in args.space)}
+        out[f"-{method}"] = Variant(METHODS[method], overrides)
+    return out
+
+
+def _largest(space: dict, name: str, default: int) -> int:
+    dim = space.get(name)
+    return int(max(dim.edges())) if dim is not None else default
+
+
+def check_model_fits(args, model_dir: str, sep_tokens: int) -> dict:
+    """Context length, block count and adapter targets against the model, before any work.
+    Returns trainable-parameter counts per method for the plan."""
+    from transformers import AutoConfig
+
+    from models.registry import get_study
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    counts = {}
+    all_fields = set().union(*(get_study(METHODS[m]).config_cls.field_names() for m in METHODS))
+    for method in chosen_methods(args):
+        study = get_study(METHODS[method])
+        space = {**apply_space_overrides(study.space, args.space, study.config_cls.field_names(),
+                                         skip=all_fields),
+                 **variants(args)[f"-{method}"].overrides}
+        virtual = _largest(space, "num_virtual_tokens", 0) if method == "prompt" else 0
+        need = args.max_source_tokens + sep_tokens + args.max_target_tokens + 1 + virtual
+        if context is not None and need > context:
+            extra = f" + up to {virtual} virtual tokens (prompt)" if virtual else ""
+            raise InputError(
+                f"--max-source-tokens {args.max_source_tokens} + separator {sep_tokens} + "
+                f"--max-target-tokens {args.max_target_tokens} + EOS 1{extra} = {need} tokens, "
+                f"longer than the model's context of {context}; lower the token limits")
+        counts[method] = _count(method, study, space, model_dir, cfg, args)
+    return counts
+
+
+def _count(method, study, space, model_dir, cfg, args) -> str:
+    """Trainable / total parameters at the space's extremes, on an empty (meta) model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from models.summarize_last_layers import freeze_all_but_last
+    from models.summarize_lora import SumLoraConfig, build_model
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(cfg)
+    total = sum(p.numel() for p in base.parameters())
+    if method == "prompt":
+        hidden = cfg.hidden_size
+        return ", ".join(f"{n} tokens: {n * hidden:,}" for n in sorted(space["num_virtual_tokens"].edges())
+                         ) + f" of {total:,}"
+    if method == "last-layers":
+        out = []
+        for n in sorted(space["n_last_layers"].edges()):
+            try:
+                m = freeze_all_but_last(base, int(n))
+            except ValueError as e:
+                raise InputError(f"search space n_last_layers = {space['n_last_layers'].describe()}"
+                                 f": {e}") from None
+            out.append(f"{n} blocks: {sum(p.numel() for p in m.parameters() if p.requires_grad):,}")
+        return ", ".join(out) + f" of {total:,}"
+    out = []
+    targets = tuple(args.target_modules) if args.target_modules else None
+    for r in sorted(space["lora_r"].edges()) if "lora_r" in space else [8]:
+        try:
+            with torch.device("meta"):
+                base = AutoModelForCausalLM.from_config(cfg)
+            m = build_model(SumLoraConfig(model=model_dir, lora_r=int(r), target_modules=targets),
+                            None, base=base)
+        except ValueError as e:
+            raise InputError(f"--target-modules {' '.join(args.target_modules or ['(default)'])}: "
+                             f"{str(e).splitlines()[0]}") from None
+        out.append(f"r={r}: {m.get_nb_trainable_parameters()[0]:,}")
+    return ", ".join(out) + f" of {total:,}"
+
+
+def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
+    from models.cnndm_data import load_cnndm_dir, load_cnndm_hub, synthetic_articles, tokenize_articles
+    from models.hf import load_tokenizer, resolve_model
+    from models.tiny import build_tiny_gpt2, pretrain_tiny_lm
+
+    for k, v in SMOKE_TOKENS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v if args.smoke_test else {"max_source_tokens": 512,
+                                                         "max_target_tokens": 128,
+                                                         "rouge_samples": 100}[k])
+    if not args.prompt_init_text.strip():
+        raise InputError("--prompt-init-text: must not be empty")
+    if args.data_dir:
+        articles = load_cnndm_dir(args.data_dir, seed=args.seed,
+                                  max_empty_fraction=args.max_empty_fraction)
+    else:
+        articles = synthetic_articles(seed=args.seed) if args.smoke_test else load_cnndm_hub()
+    finalize = pretrain = None
+    if args.smoke_test and args.model is None:
+        final = exp_dir / "smoke-model"
+        if final.is_dir():  # resuming: the same tiny model again
+            tok_dir = str(final)
+        else:
+            texts = [t for pair in articles.train for t in pair]
+            build_tiny_gpt2(scratch / "smoke-model", texts + [args.separator] * 20,
+                            vocab_size=600, n_embd=64, seed=args.seed)
+            tok_dir = str(scratch / "smoke-model")
+            # Pretrained on the training articles only (their summaries are the task), once
+            # the checks below have passed.
+            pretrain = lambda: pretrain_tiny_lm(tok_dir, [a for a, _ in articles.train],  # noqa: E731
+                                                seed=args.seed)
+            finalize = lambda d: copy_tree(scratch / "smoke-model", d / "smoke-model")  # noqa: E731
+        model = str(final)
+    else:
+        model = tok_dir = resolve_model(args.model or "gpt2")
+    tokenizer = load_tokenizer(tok_dir)
+    sep_tokens = len(tokenizer(args.separator, add_special_tokens=False)["input_ids"])
+    counts = check_model_fits(args, tok_dir, sep_tokens)
+    if pretrain:
+        pretrain()
+    data = tokenize_articles(articles, tokenizer, separator=args.separator,
+                             max_source_tokens=args.max_source_tokens,
+                             max_target_tokens=args.max_target_tokens,
+                             max_train_samples=args.max_train_samples,
+                             max_eval_samples=args.max_eval_samples,
+                             rouge_samples=args.rouge_samples, seed=args.seed)
+    m = data.meta
+    return Prepared(
+        data=data,
+        fixed={"model": model, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
+               "patience": args.patience, "prompt_init_text": args.prompt_init_text,
+               "target_modules": tuple(args.target_modules) if args.target_modules else None},
+        describe={
+            "model": model, "data": data.origin,
+            "rows": f"{m['train_rows']} train / {m['validation_rows']} validation (trials are "
+                    f"scored here) / {m['test_rows']} test (retrains only); "
+                    f"{m['dropped_empty_rows']} empty rows dropped",
+            "format": f"article <= {args.max_source_tokens} tokens + {args.separator!r} + "
+                      f"summary <= {args.max_target_tokens} tokens + EOS (mean "
+                      f"{m['mean_tokens']:.0f} tokens); loss on summary tokens only",
+            "training": f"batch {args.batch_size} x {args.grad_accum} accumulation, patience "
+                        f"{args.patience}; ROUGE on {len(data.references)} test articles",
+            **{f"trainable params ({k})": v for k, v in counts.items()},
+        },
+        finalize=finalize,
+        after=lambda outcomes: compare(outcomes, exp_dir) if len(outcomes) > 1 else None,
+    )
+
+
+# Comparison columns: (retrain column, label, higher is better)
+COMPARE = (("test_loss", "test eval loss", False), ("test_rouge1", "ROUGE-1", True),
+           ("test_rouge2", "ROUGE-2", True), ("test_rougeL", "ROUGE-L", True),
+           ("trainable_params", "trainable parameters", None),
+           ("mean_train_s", "seconds per training epoch", False),
+           ("max_peak_mem_mb", "peak memory (MiB)", False))
+
+
+def compare(outcomes, out_dir: Path) -> None:
+    """One table across methods (best configuration of each, mean ± sd over retrain seeds)
+    and one bar chart per metric, in the main experiment directory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    rows = []
+    for plan, _summary in outcomes:
+        runs_csv = plan.exp_dir / "retrain_runs.csv"
+        if not runs_csv.is_file():
+            continue
+        runs = pd.read_csv(runs_csv)
+        best = runs[runs["rank"] == 1]
+        if best.empty:
+            continue
+        method = {study: m for m, study in METHODS.items()}[plan.study.name]
+        row = {"method": method, "seeds": len(best),
+               **{k: best[f"config/{k}"].iloc[0] for k in plan.space}}
+        for col, _, _ in COMPARE:
+            if col in best:
+                row[f"{col}_mean"] = best[col].mean()
+                row[f"{col}_sd"] = best[col].std(ddof=1) if len(best) > 1 else float("nan")
+        rows.append(row)
+    if not rows:
+        print("\n== Comparison: no finished retrains", flush=True)
+        return
+    table = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "comparison.csv", index=False)
+    charts = []
+    for col, label, higher in COMPARE:
+        if f"{col}_mean" not in table:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        sd = table[f"{col}_sd"].fillna(0.0)
+        ax.bar(table["method"], table[f"{col}_mean"], yerr=sd, capsize=4,
+               color=["#4C72B0", "#DD8452", "#55A868"][: len(table)])
+        if col == "trainable_params":
+            ax.set_yscale("log")
+        note = "" if higher is None else (" (higher is better)" if higher else " (lower is better)")
+        ax.set_title(label + note, fontsize=9)
+        ax.set_ylabel(label, fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"comparison_{col}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        charts.append(path.name)
+    show = pd.DataFrame({"method": table["method"], "seeds": table["seeds"]})
+    for col, label, _ in COMPARE:
+        if f"{col}_mean" in table:
+            mean, sd = table[f"{col}_mean"], table[f"{col}_sd"]
+            show[label] = [f"{m:.4g}" if pd.isna(s) else f"{m:.4g} ± {s:.2g}"
+                           for m, s in zip(mean, sd)]
+    print("\n== Methods compared on the test split (best configuration each, mean ± sd over "
+          "seeds)", flush=True)
+    with pd.option_context("display.width", 220, "display.max_columns", 20):
+        print(show.to_string(index=False), flush=True)
+    print(f"table: {out_dir / 'comparison.csv'}; charts: {', '.join(charts)}", flush=True)
+
+
+def main(argv=None) -> int:
+    return run(NAME, argv, parser(), prepare, variants)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Search spaces of the summarization study, one per method (names = config fields)."""
+from spaces.dims import Choice, LogUniform
+
+PROMPT = {
+    "learning_rate": LogUniform(1e-4, 1e-1),  # soft prompts want large steps
+    "num_virtual_tokens": Choice((5, 10, 20, 50, 100)),
+}
+LORA = {
+    "learning_rate": LogUniform(1e-5, 3e-3),
+    "lora_r": Choice((2, 4, 8, 16, 32)),
+    "lora_alpha": Choice((4, 8, 16, 32, 64)),
+}
+LAST_LAYERS = {
+    "learning_rate": LogUniform(1e-6, 1e-3),
+    "n_last_layers": Choice((1, 2, 4)),
+}
