@@ -108,19 +108,11 @@ def load_cnndm_dir(data_dir: str, *, seed: int, max_empty_fraction: float = 0.01
 
 def load_cnndm_hub() -> Articles:
     """CNN/DailyMail 3.0.0 from the dataset hub. Offline, a clear error naming --data-dir."""
-    from models.hf import go_offline_if_unreachable
+    from models.hf import load_hub_dataset
 
-    go_offline_if_unreachable()
-    try:
-        import datasets
-
-        ds = datasets.load_dataset("abisee/cnn_dailymail", "3.0.0")
-    except Exception as e:  # network, DNS, missing cache: all mean "use --data-dir"
-        raise InputError(
-            "could not load CNN/DailyMail from the dataset hub (abisee/cnn_dailymail, 3.0.0): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}. "
-            "Offline, pass --data-dir DIR with the Kaggle CSV export (train.csv, validation.csv, "
-            "test.csv with columns id, article, highlights), or a single such CSV") from None
+    ds = load_hub_dataset("abisee/cnn_dailymail", "3.0.0", what="CNN/DailyMail", offline_hint=(
+        "pass --data-dir DIR with the Kaggle CSV export (train.csv, validation.csv, test.csv "
+        "with columns id, article, highlights), or a single such CSV"))
     parts = {s: list(zip(ds[s]["article"], ds[s]["highlights"])) for s in SPLIT_FILES}
     return Articles(**parts, origin="hub abisee/cnn_dailymail 3.0.0")
 

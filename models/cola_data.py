@@ -87,20 +87,11 @@ def load_cola_dir(data_dir: str | Path) -> ColaSplits:
 
 def load_cola_hub() -> ColaSplits:
     """GLUE CoLA from the dataset hub. Offline, a clear error that names ``--data-dir``."""
-    from models.hf import go_offline_if_unreachable
+    from models.hf import load_hub_dataset
 
-    go_offline_if_unreachable()
-    try:
-        import datasets
-
-        ds = datasets.load_dataset("nyu-mll/glue", "cola")
-    except Exception as e:  # network, DNS, missing cache: all mean "use --data-dir"
-        raise InputError(
-            "could not load CoLA from the dataset hub (nyu-mll/glue, cola): "
-            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}. "
-            "Offline, pass --data-dir DIR with CoLA's raw/in_domain_train.tsv, "
-            "raw/in_domain_dev.tsv, raw/out_of_domain_dev.tsv (or GLUE's train.tsv, dev.tsv)"
-        ) from None
+    ds = load_hub_dataset("nyu-mll/glue", "cola", what="CoLA", offline_hint=(
+        "pass --data-dir DIR with CoLA's raw/in_domain_train.tsv, raw/in_domain_dev.tsv, "
+        "raw/out_of_domain_dev.tsv (or GLUE's train.tsv, dev.tsv)"))
     tr, dv = ds["train"], ds["validation"]
     return ColaSplits(list(tr["sentence"]), list(tr["label"]), list(dv["sentence"]),
                       list(dv["label"]), None, origin="hub nyu-mll/glue cola")

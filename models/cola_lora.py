@@ -7,17 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from models.batching import classification_batches
 from models.classify import make_evaluator, stage_splits
 from models.cola_data import ColaData
-from models.config import TrialConfig, require
+from models.config import TrialConfig
 from models.hf import count_parameters, load_sequence_classifier
+from models.lora import add_lora, validate_lora_fields
 from models.loop import TrialSetup
-
-# The four matrices the reference adapts in every GPT-2 block: attention c_attn and c_proj,
-# MLP c_fc and c_proj (peft matches "c_proj" in both places by suffix).
-GPT2_TARGET_MODULES = ("c_attn", "c_proj", "c_fc")
 
 
 @dataclass(frozen=True)
@@ -31,34 +27,14 @@ class ColaLoraConfig(TrialConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(isinstance(self.lora_r, int) and self.lora_r >= 1, "lora_r", self.lora_r,
-                "must be an integer >= 1")
-        require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
-        require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
-        require(self.target_modules is None or (len(self.target_modules) >= 1 and all(
-            isinstance(m, str) and m for m in self.target_modules)), "target_modules",
-            self.target_modules, "None or a non-empty list of module names")
-
-
-def lora_targets(model, target_modules):
-    if target_modules:
-        return "all-linear" if tuple(target_modules) == ("all-linear",) else list(target_modules)
-    return list(GPT2_TARGET_MODULES) if model.config.model_type == "gpt2" else None
+        validate_lora_fields(self)
 
 
 def build_lora_model(cfg: ColaLoraConfig, *, pad_token_id: int, meta: bool = False):
     """Base classifier with LoRA adapters. peft freezes every base weight (embeddings
     included) and keeps the new classification head trainable (task type SEQ_CLS)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
     base = load_sequence_classifier(cfg.model, num_labels=2, pad_token_id=pad_token_id, meta=meta)
-    peft_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout, target_modules=lora_targets(base, cfg.target_modules),
-        # GPT-2 stores its projections as Conv1D (in, out), the transpose of nn.Linear.
-        fan_in_fan_out=base.config.model_type == "gpt2",
-    )
-    return get_peft_model(base, peft_config)
+    return add_lora(base, cfg, "SEQ_CLS")
 
 
 def _forward(model, batch):

@@ -35,6 +35,20 @@ def go_offline_if_unreachable() -> bool:
     return online
 
 
+def load_hub_dataset(path: str, name: str, *, what: str, offline_hint: str):
+    """``datasets.load_dataset(path, name)``; any failure (network, DNS, missing cache) is an
+    InputError that says what to pass instead (``offline_hint`` names --data-dir)."""
+    go_offline_if_unreachable()
+    try:
+        import datasets
+
+        return datasets.load_dataset(path, name)
+    except Exception as e:
+        raise InputError(
+            f"could not load {what} from the dataset hub ({path}, {name}): {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''}. Offline, {offline_hint}") from None
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 

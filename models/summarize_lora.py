@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.cola_lora import lora_targets
-from models.config import require
+from models.lora import add_lora, validate_lora_fields
 from models.summarize import SummarizeConfig, load_causal_lm, setup
 
 
@@ -19,21 +18,12 @@ class SumLoraConfig(SummarizeConfig):
 
     def validate(self) -> None:
         super().validate()
-        require(isinstance(self.lora_r, int) and self.lora_r >= 1, "lora_r", self.lora_r,
-                "must be an integer >= 1")
-        require(self.lora_alpha > 0, "lora_alpha", self.lora_alpha, "must be > 0")
-        require(0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "must be in [0, 1)")
+        validate_lora_fields(self)
 
 
 def build_model(cfg: SumLoraConfig, data, *, base=None):
-    from peft import LoraConfig, TaskType, get_peft_model
-
     base = base if base is not None else load_causal_lm(cfg.model, pad_token_id=data.pad_token_id)
-    return get_peft_model(base, LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout, target_modules=lora_targets(base, cfg.target_modules),
-        # GPT-2 stores its projections as Conv1D (in, out), the transpose of nn.Linear.
-        fan_in_fan_out=base.config.model_type == "gpt2"))
+    return add_lora(base, cfg, "CAUSAL_LM")
 
 
 def trainable(config: dict, data, provenance: dict) -> None:
