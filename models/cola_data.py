@@ -197,6 +197,15 @@ class ColaData:
             (self.train_ids, self.train_labels)
         return [ids[i] for i in idx], labels[idx]
 
+    def majority_baseline(self) -> dict:
+        """Accuracy of always predicting the most frequent label (MCC is 0 by definition), on
+        the selection split (``val_``) and dev (``dev_``)."""
+        out = {"val_mcc": 0.0, "dev_mcc": 0.0}
+        for prefix, split in (("val", "select"), ("dev", "dev")):
+            _, labels = self.split(split)
+            out[f"{prefix}_accuracy"] = float(max(np.mean(labels), 1 - np.mean(labels)))
+        return out
+
 
 def tokenize_cola(splits: ColaSplits, tokenizer, *, selection_fraction: float, seed: int,
                   max_length: int = 128, max_train_samples: int | None = None) -> ColaData:

@@ -75,10 +75,10 @@ def _flat_config(config: dict) -> dict:
             for k, v in config.items()}
 
 
-def epoch_frame(exp_dir: str | Path) -> pd.DataFrame:
+def epoch_frame(exp_dir: str | Path, records: list[TrialRecord] | None = None) -> pd.DataFrame:
     """One row per trial-epoch: trial_id, config/*, and every metric the trial reported."""
     out = []
-    for t in read_trials(exp_dir):
+    for t in records if records is not None else read_trials(exp_dir):
         for r in t.rows:
             row = {"trial_id": t.trial_id, **_flat_config(t.config)}
             row.update({k: v for k, v in r.items() if k not in _TUNE_NOISE and k != "trial_id"})
@@ -86,16 +86,17 @@ def epoch_frame(exp_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max") -> pd.DataFrame:
+def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
+                records: list[TrialRecord] | None = None) -> pd.DataFrame:
     """One row per trial: config, best and last metrics, epochs run, stopped-early flag,
     trainable params, wall time, seed, git commit and package versions."""
     out = []
-    for t in read_trials(exp_dir):
+    for t in records if records is not None else read_trials(exp_dir):
         row = {"trial_id": t.trial_id, **_flat_config(t.config)}
         max_epochs = t.config.get("max_epochs")
         if not t.rows:
             row.update({"status": "ERROR" if t.errored else "NO_RESULTS", "epochs_run": 0,
-                        "stopped_early": False})
+                        "stopped_early": False, "patience_stopped": False})
             out.append(row)
             continue
         last = t.rows[-1]

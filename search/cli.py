@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -98,6 +98,10 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
     g.add_argument("--storage-path", default="ray_results", help="where experiments are written")
+    g.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="Optuna RDB URL for the searcher's study (e.g. postgresql://user@host/db "
+                        "for a team database); default: sqlite file optuna.db in the experiment "
+                        "directory")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep (finished trials and retrains are kept)")
     g.add_argument("--smoke-test", action="store_true",
@@ -216,6 +220,28 @@ def check_storage(path: str) -> Path:
     return p
 
 
+def check_optuna_storage(url: str | None) -> None:
+    """A URL SQLAlchemy can parse, whose database driver is installed (nothing is connected
+    or created here)."""
+    if url is None:
+        return
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(url).get_dialect()
+    except Exception as e:  # ArgumentError (syntax), NoSuchModuleError / ImportError (driver)
+        raise InputError(f"--optuna-storage {url!r}: not a usable database URL ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}); expected e.g. sqlite:///path/optuna.db "
+                         "or postgresql://user@host/db with its driver installed") from None
+
+
+def _masked(url: str) -> str:
+    """The URL as it may be written to disk: any password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def check_gpus(asked: int | None) -> tuple[int, int]:
     import torch
 
@@ -245,6 +271,7 @@ class Prepared:
     describe: dict  # for the plan and experiment.json
     finalize: Callable[[Path], None] | None = None  # copies smoke-test artefacts into exp dir
     after: Callable[[list], None] | None = None  # given [(plan, retrain summary)] at the end
+    extra: dict = field(default_factory=dict)  # recorded in experiment.json only
 
 
 def quiet_libraries() -> None:
@@ -323,6 +350,7 @@ def _run(study_name, args, prepare, variants) -> int:
         args.gpus = 0
     gpus, found, cpus = _check_resources(args)
     storage = check_storage(args.storage_path)
+    check_optuna_storage(args.optuna_storage)
     name = args.name or study_name
     chosen = variants(args)
     names = {suffix: name + suffix for suffix in chosen}
@@ -357,7 +385,11 @@ def _run(study_name, args, prepare, variants) -> int:
                 grace_period=args.grace_period, reduction_factor=args.reduction_factor,
                 seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 concurrency=concurrency, retrain_top_k=args.retrain_top_k,
-                retrain_seeds=args.retrain_seeds, resume=args.resume))
+                retrain_seeds=args.retrain_seeds, resume=args.resume,
+                optuna_storage=args.optuna_storage,
+                # In a shared database, one study per run.
+                optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
+                if args.optuna_storage else None))
         # --- validation done: from here on we write ---
         for plan in plans:
             plan.exp_dir.mkdir(parents=True, exist_ok=True)
@@ -373,13 +405,18 @@ def _run(study_name, args, prepare, variants) -> int:
     try:
         for plan in plans:
             print_plan(plan, prepared, gpus, found, cpus)
-            record = {"study": plan.study.name,
+            record = {"study": plan.study.name, "group": name,
                       "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
                       "metric": plan.study.metric, "mode": plan.study.mode,
                       "space": {k: v.describe() for k, v in plan.space.items()},
                       "fixed": plan.fixed, "num_samples": plan.num_samples,
                       "concurrency": concurrency, "gpus": gpus, "gpus_per_trial": gpus_per_trial,
-                      "cpus_per_trial": args.cpus_per_trial, **prepared.describe, **provenance()}
+                      "cpus_per_trial": args.cpus_per_trial, **prepared.describe,
+                      "optuna_storage": _masked(plan.optuna_url),
+                      "optuna_study": plan.optuna_study_name,
+                      "max_epochs": plan.max_epochs, "grace_period": plan.grace_period,
+                      "reduction_factor": plan.reduction_factor, **prepared.extra,
+                      **provenance()}
             if not (plan.exp_dir / "experiment.json").exists():
                 (plan.exp_dir / "experiment.json").write_text(
                     json.dumps(record, indent=1, default=str))

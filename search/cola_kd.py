@@ -171,6 +171,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             "student vocabulary": f"{vocab} (the teacher's)",
         },
         finalize=finalize,
+        extra={"majority_baseline": data.majority_baseline()},
         after=lambda outcomes: compare(outcomes, kd),
     )
 

@@ -86,6 +86,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             "trainable params": ", ".join(f"r={r}: {t:,} of {tot:,}" for r, (t, tot) in counts.items()),
         },
         finalize=finalize,
+        extra={"majority_baseline": data.majority_baseline()},
     )
 
 

@@ -18,6 +18,7 @@ from spaces.dims import Choice, Fixed, LogUniform, Uniform
 
 RETRAIN_DIR = "retrained"  # <exp>/retrained/<config key>-seed<k>/{adapter, metrics.json}
 RETRAIN_EXPERIMENT = "retrain"  # the Tune experiment that runs them, <exp>/retrain/
+OPTUNA_DB = "optuna.db"  # the searcher's Optuna study, for optuna-dashboard
 
 
 @dataclass
@@ -38,10 +39,21 @@ class SweepPlan:
     retrain_top_k: int
     retrain_seeds: int
     resume: bool = False
+    # Optuna RDB URL the searcher's study lives in; None: sqlite file in the experiment dir.
+    optuna_storage: str | None = None
+    optuna_study: str | None = None  # study name there; None: the experiment name
 
     @property
     def exp_dir(self) -> Path:
         return self.storage_path / self.name
+
+    @property
+    def optuna_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.exp_dir.absolute() / OPTUNA_DB}"
+
+    @property
+    def optuna_study_name(self) -> str:
+        return self.optuna_study or self.name
 
     @property
     def resources(self) -> dict:
@@ -118,8 +130,11 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
     # TPE's default of 10 random start-up trials would leave small sweeps entirely random;
     # a third of the budget (2..10) is random, the rest is modelled.
     startup = max(2, min(10, plan.num_samples // 3))
+    # The study persists in an RDB (sqlite in the experiment dir by default), so that
+    # optuna-dashboard and the report can open it; Tune still drives it.
     searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(
-        seed=plan.seed, n_startup_trials=startup))
+        seed=plan.seed, n_startup_trials=startup),
+        storage=optuna.storages.RDBStorage(plan.optuna_url), study_name=plan.optuna_study_name)
     scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode,
                               max_t=plan.max_epochs, grace_period=plan.grace_period,
                               reduction_factor=plan.reduction_factor)

@@ -1,0 +1,117 @@
+"""One experiment directory, read whole and tolerantly: its record (``experiment.json``),
+trial and epoch tables, retrain tables and any comparison table, plus a list of problems found
+(a damaged directory is described, never a crash). No Ray needed."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from results.frames import epoch_frame, read_trials, trial_frame
+from results.space import parse_space
+
+# Metric of each study when a directory has lost its experiment.json.
+_GUESS = (("best_val_mcc", "max"), ("best_val_loss", "min"))
+
+
+@dataclass
+class Experiment:
+    path: Path
+    record: dict
+    metric: str
+    mode: str
+    space: dict
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    retrain: pd.DataFrame | None = None  # mean ± sd per configuration
+    retrain_runs: pd.DataFrame | None = None
+    comparison: pd.DataFrame | None = None  # KD or summarization comparison of the command
+    comparison_path: Path | None = None
+    span_s: float | None = None  # first trial start to last result
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def study(self) -> str:
+        return self.record.get("study", "unknown")
+
+    @property
+    def gpu_hours(self) -> float:
+        gpt = float(self.record.get("gpus_per_trial") or 0)
+        if not gpt or "wall_s" not in self.trials:
+            return 0.0
+        return float(self.trials["wall_s"].fillna(0).sum()) * gpt / 3600
+
+
+def is_experiment(path: Path) -> bool:
+    return path.is_dir() and ((path / "experiment.json").is_file() or any(
+        (d / "params.json").is_file() or (d / "result.json").is_file()
+        for d in path.iterdir() if d.is_dir()))
+
+
+def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        problems.append(f"{path}: unreadable ({type(e).__name__}); left out")
+        return None
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    problems: list[str] = []
+    record = {}
+    try:
+        record = json.loads((path / "experiment.json").read_text())
+    except FileNotFoundError:
+        problems.append(f"{path / 'experiment.json'} is missing: study, command and search space "
+                        "are unknown; the metric is guessed from the results")
+    except (OSError, json.JSONDecodeError) as e:
+        problems.append(f"{path / 'experiment.json'} is unreadable ({type(e).__name__}): study, "
+                        "command and search space are unknown")
+    if not list(path.glob("experiment_state-*.json")):
+        problems.append(f"{path} has no experiment-state file (experiment_state-*.json): Tune "
+                        "cannot resume it, and trial statuses come from the trial folders alone")
+    records = read_trials(path)
+    for r in records:
+        problems.extend(r.problems)
+    epochs = epoch_frame(path, records=records)
+    metric, mode = record.get("metric"), record.get("mode")
+    if not metric:
+        metric, mode = next(((m, md) for m, md in _GUESS if m in epochs), ("best_val_mcc", "max"))
+    trials = trial_frame(path, metric=metric, mode=mode, records=records)
+    for _, t in trials.iterrows():
+        if t.get("status") in ("NO_RESULTS", "ERROR") and not t.get("epochs_run"):
+            problems.append(f"trial {t['trial_id']}: no results ({t['status']})")
+    starts, ends = [], []
+    for r in records:
+        for row in r.rows:
+            ts, total = row.get("timestamp"), row.get("time_total_s")
+            if isinstance(ts, (int, float)):
+                ends.append(ts)
+                if isinstance(total, (int, float)) and not math.isnan(total):
+                    starts.append(ts - total)
+    exp = Experiment(path=path, record=record, metric=metric, mode=mode or "max",
+                     space=parse_space(record.get("space", {})), trials=trials, epochs=epochs,
+                     span_s=(max(ends) - min(starts)) if starts and ends else None,
+                     problems=problems)
+    exp.retrain = _read_csv(path / "retrain.csv", problems)
+    exp.retrain_runs = _read_csv(path / "retrain_runs.csv", problems)
+    # A command's comparison table lives in its main experiment dir (KD: this one; summarization:
+    # <storage>/<group>/, next to the per-method experiments).
+    group = record.get("group")
+    for candidate in [path / "comparison.csv"] + ([path.parent / group / "comparison.csv"]
+                                                  if group else []):
+        if candidate.is_file():
+            exp.comparison = _read_csv(candidate, problems)
+            exp.comparison_path = candidate
+            break
+    return exp

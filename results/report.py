@@ -1,0 +1,230 @@
+"""A Markdown report with PNG figures for one or more experiment directories (any study).
+
+    python -m results report ray_results/cola_lora [more dirs ...] [--out DIR] [--strict]
+
+Per experiment: header (study, model, data, budget, command, commit, versions), leaderboard
+(with the majority-class baseline for CoLA), learning curves with ASHA's rungs, one panel per
+hyperparameter with edge-of-range flags, parallel coordinates of the top trials, fANOVA
+importance, the retrain table and the command's comparison table. Several directories also get
+a side-by-side table first."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from results.experiment import Experiment, load_experiment
+from results.frames import leaderboard
+from results.importance import param_importance
+from results.plots import (asha_rungs, edge_flags, hyperparameter_panels, importance_bar,
+                           learning_curves, parallel_coordinates)
+from results.space import swept
+
+# GLUE CoLA dev: 68.9 % label 1 (used when an experiment did not record its own baseline).
+COLA_DEV_MAJORITY = 0.689
+SECTIONS = ("Header", "Leaderboard", "Learning curves", "Hyperparameters",
+            "Parallel coordinates", "Importance", "Retrain")
+
+
+def _md(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A DataFrame as a Markdown table (no extra dependency)."""
+    if df is None or df.empty:
+        return "_(empty)_\n"
+
+    def cell(v):
+        if isinstance(v, float):
+            if math.isnan(v):
+                return ""
+            # counts that became floats next to an empty cell (parameter counts, epochs)
+            return f"{int(v)}" if v.is_integer() and abs(v) >= 1 else floatfmt.format(v)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def baseline_row(exp: Experiment) -> dict | None:
+    """The majority-class row for CoLA studies (accuracy = majority share, MCC 0)."""
+    if not exp.study.startswith("cola") and "mcc" not in exp.metric:
+        return None
+    base = exp.record.get("majority_baseline") or {"val_accuracy": None,
+                                                   "dev_accuracy": COLA_DEV_MAJORITY}
+    return {"trial_id": "majority class (baseline)", exp.metric: 0.0,
+            "last_val_accuracy": base.get("val_accuracy"), "last_val_mcc": 0.0,
+            "dev_accuracy": base.get("dev_accuracy")}
+
+
+def header(exp: Experiment) -> str:
+    r, t = exp.record, exp.trials
+    finished = int((t.get("status") == "TERMINATED").sum()) if "status" in t else 0
+    stopped = int(t["stopped_early"].sum()) if "stopped_early" in t else 0
+    fixed = r.get("fixed", {})
+    lines = [
+        f"- **study**: {exp.study} — metric `{exp.metric}` ({exp.mode})",
+        f"- **model**: {r.get('model', fixed.get('model', 'unknown'))}",
+        f"- **data**: {r.get('data', 'unknown')}" + (f" — {r['rows']}" if r.get("rows") else ""),
+        f"- **budget**: {len(t)} trials ({finished} ran to the end, {stopped} stopped by ASHA), "
+        f"{len(exp.epochs)} trial-epochs, wall time {_duration(exp.span_s)}"
+        + (f", {exp.gpu_hours:.2f} GPU-hours ({r.get('gpus_per_trial')} GPU per trial)"
+           if exp.gpu_hours else ", CPU only" if not r.get("gpus") else ""),
+        f"- **search**: Optuna TPE (seed {fixed.get('seed', '?')}) + ASHA (grace "
+        f"{r.get('grace_period', '?')}, reduction {r.get('reduction_factor', '?')}, max "
+        f"{r.get('max_epochs', fixed.get('max_epochs', '?'))} epochs), "
+        f"{r.get('concurrency', '?')} trials at a time",
+        f"- **command**: `{r.get('command', 'unknown')}`",
+        f"- **git commit**: `{r.get('git_commit', 'unknown')}`",
+        f"- **versions**: {r.get('versions', 'unknown')}",
+    ]
+    if r.get("optuna_storage"):
+        lines.append(f"- **Optuna study**: `{r.get('optuna_study')}` in `{r['optuna_storage']}` "
+                     f"(`optuna-dashboard {r['optuna_storage']}`)")
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_table(exp: Experiment, top: int = 10) -> pd.DataFrame:
+    board = leaderboard(exp.trials, metric=exp.metric, top=top) if len(exp.trials) else \
+        pd.DataFrame()
+    row = baseline_row(exp)
+    if row is not None:
+        extra = pd.DataFrame([{k: v for k, v in row.items() if k in board.columns or
+                               k in ("trial_id", "dev_accuracy")}])
+        board = pd.concat([board, extra], ignore_index=True)
+    return board
+
+
+def retrain_table(exp: Experiment) -> pd.DataFrame | None:
+    if exp.retrain is None or exp.retrain.empty:
+        return None
+    r = exp.retrain
+    text_cols = [c for c in r.columns if f"{c}_mean" in r.columns]
+    hp = [c for c in swept(exp.space) if c in r.columns]
+    return r[[c for c in ["rank", "seeds", *hp, *text_cols] if c in r.columns]]
+
+
+def comparison_table(exp: Experiment) -> pd.DataFrame | None:
+    c = exp.comparison
+    if c is None or c.empty:
+        return None
+    keep = [col for col in c.columns if not re.search(r"_(mean|sd)$", col) or
+            f"{col.rsplit('_', 1)[0]}" not in c.columns]
+    return c[keep]
+
+
+def headline(exp: Experiment) -> dict:
+    """One row of the side-by-side table."""
+    t = exp.trials
+    row = {"experiment": exp.name, "study": exp.study, "trials": len(t),
+           "stopped by ASHA": int(t["stopped_early"].sum()) if "stopped_early" in t else 0,
+           f"best {exp.metric}": (t[exp.metric].iloc[0] if exp.metric in t and len(t) else
+                                  float("nan")),
+           "trainable params": (int(t["trainable_params"].iloc[0])
+                                if "trainable_params" in t and len(t) and
+                                not pd.isna(t["trainable_params"].iloc[0]) else None),
+           "wall time": _duration(exp.span_s)}
+    r = exp.retrain
+    if r is not None and not r.empty:
+        best = r.sort_values("rank").iloc[0]
+        for col in [c for c in r.columns if f"{c}_mean" in r.columns][:4]:
+            row[f"retrain {col}"] = best[col]
+    return row
+
+
+def _experiment_section(exp: Experiment, out: Path, prefix: str,
+                        show_comparison: bool = True) -> list[str]:
+    parts = [f"## {exp.name}\n", "### Header\n", header(exp)]
+    if exp.problems:
+        parts.append("\n**Problems found** (the report uses what could be read):\n")
+        parts += [f"- {p}" for p in exp.problems]
+        parts.append("")
+    parts += ["\n### Leaderboard\n",
+              f"Top trials by `{exp.metric}` on the selection split"
+              + (" and the majority-class baseline (MCC 0)" if baseline_row(exp) else "") + ".\n",
+              _md(leaderboard_table(exp))]
+
+    rungs = asha_rungs(int(exp.record.get("max_epochs") or (exp.epochs["epoch"].max()
+                                                            if "epoch" in exp.epochs else 1)),
+                       int(exp.record.get("grace_period") or 1),
+                       float(exp.record.get("reduction_factor") or 2))
+    name = _save(learning_curves(exp.epochs, exp.trials, metric=exp.metric, rungs=rungs),
+                 out / f"{prefix}learning_curves.png")
+    parts += ["\n### Learning curves\n", f"![learning curves]({name})\n"]
+
+    parts.append("\n### Hyperparameters\n")
+    if swept(exp.space) and len(exp.trials):
+        name = _save(hyperparameter_panels(exp.trials, exp.space, metric=exp.metric,
+                                           mode=exp.mode), out / f"{prefix}hyperparameters.png")
+        parts.append(f"![hyperparameters]({name})\n")
+        flags = edge_flags(exp.trials, exp.space, metric=exp.metric, mode=exp.mode)
+        for hp, edge in flags.items():
+            parts.append(f"- **{hp}**: the best trial sits at the {edge} edge of "
+                         f"{exp.space[hp].describe()}; widen the space there.")
+        if not flags:
+            parts.append("No best value at the edge of its range.")
+    else:
+        parts.append("_search space unknown or no trials_")
+
+    parts.append("\n### Parallel coordinates\n")
+    if swept(exp.space) and len(exp.trials):
+        name = _save(parallel_coordinates(exp.trials, exp.space, metric=exp.metric, mode=exp.mode),
+                     out / f"{prefix}parallel_coordinates.png")
+        parts.append(f"![parallel coordinates]({name})\n")
+    else:
+        parts.append("_search space unknown or no trials_")
+
+    parts.append("\n### Importance\n")
+    imp = param_importance(exp.trials, exp.space, metric=exp.metric, mode=exp.mode) \
+        if len(exp.trials) else pd.DataFrame()
+    if len(imp):
+        name = _save(importance_bar(imp), out / f"{prefix}importance.png")
+        parts += [f"fANOVA importance over {int(exp.trials[exp.metric].notna().sum())} trials' "
+                  f"`{exp.metric}` (ASHA-stopped trials count with the value they reached), "
+                  "from an Optuna study rebuilt from the results.\n", _md(imp),
+                  f"\n![importance]({name})\n"]
+    else:
+        parts.append("_needs at least 2 swept hyperparameters and 2 trials with a value_")
+
+    parts.append("\n### Retrain\n")
+    rt = retrain_table(exp)
+    parts.append(_md(rt) if rt is not None else "_no retrain results_")
+    comp = comparison_table(exp) if show_comparison else None
+    if comp is not None:
+        parts += [f"\n### Comparison (`{exp.comparison_path}`)\n", _md(comp)]
+    return parts
+
+
+def build_report(dirs: list[str | Path], out: str | Path) -> tuple[Path, list[str]]:
+    """Write ``out/report.md`` and its PNGs. Returns (report path, problems found)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    exps = [load_experiment(d) for d in dirs]
+    parts = ["# Sweep report\n",
+             "Experiments: " + ", ".join(f"`{e.path}`" for e in exps) + "\n"]
+    if len(exps) > 1:
+        parts += ["## Side by side\n", _md(pd.DataFrame([headline(e) for e in exps]))]
+    seen = set()
+    for i, exp in enumerate(exps):
+        prefix = f"{i + 1}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', exp.name)}_"
+        parts += _experiment_section(exp, out, prefix,
+                                     show_comparison=exp.comparison_path not in seen)
+        seen.add(exp.comparison_path)
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path, [p for e in exps for p in e.problems]

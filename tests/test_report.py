@@ -1,0 +1,147 @@
+"""Reports built from real tiny sweeps run here (real Ray, Optuna, ASHA): every section, real
+figures, importance, Optuna's SQLite study, several experiments side by side, and damaged
+directories (described, or exit 1 with --strict)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import COLA_SCRIPT, REPO, run_cli
+
+SECTIONS = ["## cola_lora", "### Header", "### Leaderboard", "### Learning curves",
+            "### Hyperparameters", "### Parallel coordinates", "### Importance", "### Retrain"]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """A CoLA LoRA smoke sweep and a summarization (prompt tuning) smoke sweep."""
+    tmp = tmp_path_factory.mktemp("sweeps")
+    storage = tmp / "runs"
+    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--num-samples", "6", "--retrain-top-k", "1",
+                              "--storage-path", str(storage)], tmp, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli(REPO / "search" / "cnndm_summarize.py",
+                ["--smoke-test", "--method", "prompt", "--num-samples", "3", "--storage-path",
+                 str(storage)], tmp, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return storage
+
+
+def report(args, cwd):
+    return subprocess.run([sys.executable, "-m", "results", "report", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def non_trivial(png):
+    img = np.asarray(Image.open(png).convert("L"), dtype=float)
+    return img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 10 and (img < 128).mean() > 0.005
+
+
+def test_report_of_one_sweep(sweeps, tmp_path):
+    exp = sweeps / "cola_lora"
+    out = tmp_path / "rep"
+    r = report([exp, "--out", out, "--strict"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (out / "report.md").read_text()
+    for s in SECTIONS:
+        assert s in md, s
+    record = json.loads((exp / "experiment.json").read_text())
+    assert record["command"] in md and record["git_commit"] in md
+    assert "6 trials" in md and "trial-epochs" in md
+    assert "majority class (baseline)" in md
+    pngs = sorted(out.glob("*.png"))
+    for fig in ("learning_curves", "hyperparameters", "parallel_coordinates", "importance"):
+        assert any(p.name.endswith(f"_{fig}.png") for p in pngs), fig
+    for p in pngs:
+        assert non_trivial(p), p
+        assert f"]({p.name})" in md  # every figure is linked
+    # importance: one row per swept hyperparameter (6 here), summing to 1
+    imp_block = md.split("### Importance")[1].split("### Retrain")[0]
+    rows = [line for line in imp_block.splitlines() if line.startswith("| ") and "param" not in line]
+    assert len(rows) >= 2
+    assert sum(float(line.split("|")[2]) for line in rows) == pytest.approx(1.0, abs=0.01)
+    assert "± " in md.split("### Retrain")[1]  # mean ± sd per configuration
+
+
+def test_optuna_study_persists_in_sqlite(sweeps):
+    import optuna
+
+    exp = sweeps / "cola_lora"
+    record = json.loads((exp / "experiment.json").read_text())
+    assert (exp / "optuna.db").is_file()
+    study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(study.trials) == len(trials) == 6
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 6 and all(t.intermediate_values for t in done)
+
+
+def test_side_by_side(sweeps, tmp_path):
+    out = tmp_path / "both"
+    r = report([sweeps / "cola_lora", sweeps / "cnndm-prompt", "--out", out], tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (out / "report.md").read_text()
+    side = md.split("## Side by side")[1].split("## cola_lora")[0]
+    assert "| cola_lora | cola_lora |" in side and "| cnndm-prompt | cnndm_prompt |" in side
+    assert "retrain dev_mcc" in side and "retrain test_loss" in side
+    prompt = md.split("## cnndm-prompt")[1]
+    assert "best_val_loss" in prompt and "majority class" not in prompt
+    assert "num_virtual_tokens" in prompt
+
+
+def test_damaged_directory(sweeps, tmp_path):
+    exp = tmp_path / "cola_lora"
+    shutil.copytree(sweeps / "cola_lora", exp, ignore=shutil.ignore_patterns("report"))
+    trial_dirs = sorted(d for d in exp.iterdir() if d.name.startswith("trial_"))
+    # 1. a truncated last line in one trial's result file
+    res = trial_dirs[0] / "result.json"
+    lines = res.read_text().splitlines()
+    res.write_text("\n".join(lines[:-1] + [lines[-1][: len(lines[-1]) // 2]]) + "\n")
+    # 2. a trial with no results
+    (trial_dirs[1] / "result.json").write_text("")
+    # 3. no experiment-state file
+    for f in exp.glob("experiment_state-*.json"):
+        f.unlink()
+    out = tmp_path / "rep"
+    r = report([exp, "--out", out], tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (out / "report.md").read_text()
+    assert "unreadable line dropped" in md and f"{res}:{len(lines)}" in md
+    assert f"trial {trial_dirs[1].name.removeprefix('trial_')}: no results" in md
+    assert "no experiment-state file" in md
+    for s in SECTIONS:
+        assert s in md
+    epochs_before = pd.read_csv(sweeps / "cola_lora" / "epochs.csv")
+    n_before = (epochs_before["trial_id"] == trial_dirs[0].name.removeprefix("trial_")).sum()
+    from results.experiment import load_experiment
+
+    e = load_experiment(exp)
+    assert (e.epochs["trial_id"] == trial_dirs[0].name.removeprefix("trial_")).sum() == n_before - 1
+    strict = report([exp, "--out", tmp_path / "rep2", "--strict"], tmp_path)
+    assert strict.returncode == 1 and "problem(s) found" in strict.stderr
+
+
+def test_not_an_experiment(tmp_path):
+    r = report([tmp_path], tmp_path)
+    assert r.returncode == 2 and "not an experiment directory" in r.stderr
+    r = report([tmp_path / "missing"], tmp_path)
+    assert r.returncode == 2 and "no such directory" in r.stderr
+
+
+def test_edge_flags_and_rungs():
+    from results.plots import asha_rungs, edge_flags
+    from spaces.dims import Choice, LogUniform, Uniform
+
+    space = {"learning_rate": LogUniform(1e-5, 1e-1), "dropout": Uniform(0.0, 0.3),
+             "r": Choice((2, 4, 8, 16)), "mode": Choice(("a", "b", "c"))}
+    trials = pd.DataFrame({"config/learning_rate": [9e-2, 1e-3], "config/dropout": [0.15, 0.0],
+                           "config/r": [16, 2], "config/mode": ["a", "c"], "m": [0.9, 0.1]})
+    assert edge_flags(trials, space, metric="m", mode="max") == {"learning_rate": "upper",
+                                                                  "r": "upper"}
+    assert edge_flags(trials, space, metric="m", mode="min") == {"dropout": "lower", "r": "lower"}
+    assert asha_rungs(9, 1, 3) == [1, 3] and asha_rungs(3, 1, 2) == [1, 2]
