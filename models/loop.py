@@ -21,7 +21,8 @@ class LoopState:
     best: float | None = None
     elapsed_s: float = 0.0  # training + evaluation seconds over all previous runs
     since_best: int = 0  # epochs since the best one (early stopping with patience)
-    stopped: bool = False  # patience ran out
+    stopped: bool = False  # patience ran out, or the loss stopped being finite
+    failure: str | None = None  # why training ended early with an error (non-finite loss)
     train_s_total: float = 0.0  # training seconds (no evaluation) over all epochs
     peak_mem_mb: float = 0.0  # highest per-epoch peak so far
     # CPU copies of the trainable parameters at the best epoch (only with keep_best): put
@@ -147,8 +148,15 @@ def train_loop(
         if n_batches % grad_accum:  # the epoch's last, partial accumulation
             _step(params, optimizer, scheduler, grad_clip)
         train_s = time.perf_counter() - t0
+        train_loss = (loss_sum / max(n_batches, 1)).item()
         model.eval()
-        metrics = dict(evaluate(model))
+        if not math.isfinite(train_loss):
+            # Diverged: the weights are garbage, so do not evaluate; end the trial with a
+            # clear status (its best-so-far from earlier epochs stays valid).
+            state.failure = f"non-finite training loss ({train_loss}) in epoch {epoch}"
+            metrics = {best_metric: float("nan"), "failure": state.failure}
+        else:
+            metrics = dict(evaluate(model))
         value = metrics[best_metric]
         if better(value, state.best, mode):
             state.best, state.since_best = value, 0
@@ -157,7 +165,8 @@ def train_loop(
                                      for n, p in model.named_parameters() if p.requires_grad}
         else:
             state.since_best += 1
-        state.stopped = patience is not None and state.since_best >= patience
+        state.stopped = (patience is not None and state.since_best >= patience) or \
+            state.failure is not None
         state.epoch = epoch
         epoch_s = time.perf_counter() - t0
         state.elapsed_s += epoch_s
@@ -165,7 +174,7 @@ def train_loop(
         peak = memory.peak_mb()
         state.peak_mem_mb = max(state.peak_mem_mb, peak)
         metrics.update({
-            "train_loss": (loss_sum / max(n_batches, 1)).item(),
+            "train_loss": train_loss,
             f"best_{best_metric}": state.best if state.best is not None else float("nan"),
             "epoch": epoch,
             "elapsed_s": state.elapsed_s,
@@ -174,7 +183,7 @@ def train_loop(
             "peak_mem_mb": peak,
             "mean_train_s": state.train_s_total / epoch,
             "max_peak_mem_mb": state.peak_mem_mb,
-            "patience_stop": state.stopped,
+            "patience_stop": state.stopped and state.failure is None,
             "last_epoch": state.stopped or epoch == max_epochs,
         })
         report(metrics, state)

@@ -15,10 +15,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from models.errors import ConfigError, InputError
 from models.loop import LoopState, TrialSetup, build_optimizer, train_loop
 
 TRAINER_STATE = "trainer_state.pt"
 META = "meta.json"
+# Errors a retry cannot fix; everything else (a lost node, CUDA errors, crashes) is retried by
+# Tune from the last checkpoint, up to --max-failures times.
+NOT_RETRYABLE = (ConfigError, InputError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def seed_everything(seed: int) -> None:
@@ -43,6 +47,12 @@ def release() -> None:
         torch.cuda.empty_cache()
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Callable) -> None:
     import logging
 
@@ -52,11 +62,22 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Retrain jobs arrive as {"job": {...}} (one grid point each); sweep trials arrive flat.
     config = config["job"] if set(config) == {"job"} else config
-    cfg = config_cls.from_tune(config)
-    torch.set_num_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    device = pick_device()
-    s: TrialSetup = setup_fn(cfg, data, device)
+    try:
+        cfg = config_cls.from_tune(config)
+        if cfg.model.startswith(("/", ".", "~")) and not Path(cfg.model).expanduser().exists():
+            raise FileNotFoundError(f"model directory {cfg.model} does not exist on this node")
+        torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        device = pick_device()
+        s: TrialSetup = setup_fn(cfg, data, device)
+    except NOT_RETRYABLE as e:
+        # Retrying cannot fix a bad config or a missing file: end the trial once, with its
+        # reason, instead of raising (which Tune would retry --max-failures times).
+        tune.report({config.get("_metric", "failure_metric"): float("nan"), "epoch": 0,
+                     "failure": f"{type(e).__name__}: {e}", "complete": True,
+                     "last_epoch": True, "node_id": _node_id(), **provenance})
+        release()
+        return
     optimizer, scheduler = build_optimizer(
         s.model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
         total_steps=s.steps_per_epoch * cfg.max_epochs, warmup_ratio=cfg.warmup_ratio)
@@ -73,12 +94,14 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
             torch.set_rng_state(saved["torch_rng"])
 
     meta = {"config": cfg.to_dict(), "seed": cfg.seed, **provenance}
+    node = _node_id()
     last: dict = {}
 
     def report(metrics: dict, st: LoopState, final: bool = False) -> None:
         # "complete": this row is the trial's final result (a retrain is done when it has one).
         complete = final or (bool(metrics.get("last_epoch")) and s.final_evaluate is None)
-        row = {**metrics, **s.info, "seed": cfg.seed, "complete": complete, **provenance}
+        row = {**metrics, **s.info, "seed": cfg.seed, "complete": complete,
+               "node_id": node, **provenance}
         last.clear()
         last.update(metrics)
         with tempfile.TemporaryDirectory() as d:
@@ -100,7 +123,9 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
             # One more row, for the final (best-epoch, with keep_best) model.
             s.model.eval()
             final = {**last, "epoch": state.epoch, "elapsed_s": state.elapsed_s,
-                     **s.final_evaluate(s.model), "last_epoch": True}
+                     "last_epoch": True}
+            if state.failure is None or state.best_params is not None:  # weights worth scoring
+                final.update(s.final_evaluate(s.model))
             report(final, state, final=True)
     finally:
         # Drop this frame's references (the report closure holds them too) before collecting.

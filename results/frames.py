@@ -65,8 +65,11 @@ def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
         trial_id = rows[0].get("trial_id") if rows else d.name.rsplit("_", 1)[-1]
         if not config and rows:
             config = rows[-1].get("config", {})
-        records.append(TrialRecord(str(trial_id), d, config, rows,
-                                   errored=(d / "error.txt").is_file(), problems=problems))
+        # error.txt also records attempts that Tune retried from a checkpoint and that then
+        # went on: a trial whose last result says it completed did not end in error.
+        errored = (d / "error.txt").is_file() and not (rows and rows[-1].get("complete"))
+        records.append(TrialRecord(str(trial_id), d, config, rows, errored=errored,
+                                   problems=problems))
     return records
 
 
@@ -107,18 +110,21 @@ def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
         # A trial that ran out of patience (no better score for some epochs) ended on its own.
         patience = bool(last.get("patience_stop"))
         finished = (max_epochs is not None and epochs >= int(max_epochs)) or patience
+        failure = last.get("failure") if isinstance(last.get("failure"), str) else None
         row.update({
-            "status": "ERROR" if t.errored else ("TERMINATED" if finished else "STOPPED"),
+            "status": "ERROR" if t.errored else "FAILED" if failure else
+            ("TERMINATED" if finished else "STOPPED"),
+            "failure": failure,
             metric: best,
             "epochs_run": epochs,
-            "stopped_early": (not t.errored) and not finished,  # by the scheduler (ASHA)
+            "stopped_early": (not t.errored) and not finished and not failure,  # by ASHA
             "patience_stopped": patience,
             "wall_s": last.get("time_total_s"),
         })
         for k, v in last.items():
             if k in _TUNE_NOISE or k in ("trial_id", metric, "epoch", "training_iteration",
                                           "time_total_s", "patience_stop", "last_epoch",
-                                          "complete"):
+                                          "complete", "failure"):
                 continue
             if k in ("trainable_params", "total_params", "seed", "git_commit", "versions"):
                 row[k] = v

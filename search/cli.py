@@ -11,6 +11,7 @@ import math
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -78,6 +79,12 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="GPUs per trial when GPUs are used; fractions share a GPU")
     g.add_argument("--cpus-per-trial", type=positive_int, default=1,
                    help="CPUs (and torch threads) per trial")
+    g.add_argument("--address", default=None,
+                   help="connect to a running Ray cluster (auto, or HOST:PORT) instead of "
+                        "starting one on this machine; --gpus then counts the cluster's GPUs")
+    g.add_argument("--storage-is-shared", action="store_true",
+                   help="on a multi-node cluster, declare that --storage-path is a shared file "
+                        "system mounted at the same path on every node")
     g = p.add_argument_group("search")
     g.add_argument("--num-samples", type=positive_int, default=None, help="trials")
     g.add_argument("--max-epochs", type=positive_int, default=None, help="epochs per trial")
@@ -98,6 +105,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
     g.add_argument("--storage-path", default="ray_results", help="where experiments are written")
+    g.add_argument("--max-failures", type=nonneg_int, default=2,
+                   help="retries of a failed trial, each from its last checkpoint (a lost node, "
+                        "a crash); bad configs and missing files fail once")
     g.add_argument("--optuna-storage", default=None, metavar="URL",
                    help="Optuna RDB URL for the searcher's study (e.g. postgresql://user@host/db "
                         "for a team database); default: sqlite file optuna.db in the experiment "
@@ -274,6 +284,11 @@ class Prepared:
     extra: dict = field(default_factory=dict)  # recorded in experiment.json only
 
 
+# Set by quiet_libraries(); workers on other nodes get them through the runtime env.
+QUIET_ENV = ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "TOKENIZERS_PARALLELISM",
+             "PYTHONWARNINGS")
+
+
 def quiet_libraries() -> None:
     import warnings
 
@@ -308,21 +323,85 @@ def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import ray
+
+        if ray.is_initialized():  # started or connected to; a cluster we joined keeps running
+            ray.shutdown()
 
 
-def _check_resources(args) -> tuple[int, int, int]:
+@dataclass
+class Resources:
+    gpus: int  # GPUs this command uses
+    found: int  # GPUs present (this machine, or the cluster)
+    cpus: int  # CPUs available to trials
+    nodes: int = 1
+    address: str | None = None  # the cluster joined with --address
+
+
+def connect(address: str):
+    """Join a running cluster, shipping this project's packages to every node with the job's
+    runtime environment (workers import the same code as the driver)."""
+    import ray
+
+    import models
+    import results
+    import search
+    import spaces
+
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and "://" not in address:
+        # Ray retries an unreachable address for minutes; one quick probe answers at once.
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as e:
+            raise InputError(f"--address {address!r}: could not connect to a Ray cluster "
+                             f"(nothing answers at {host}:{port}: {e.strerror or e})") from None
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=True,
+                 logging_level="WARNING",
+                 runtime_env={"py_modules": [models, spaces, results, search],
+                              "env_vars": {k: os.environ[k] for k in QUIET_ENV}})
+    except Exception as e:  # ConnectionError, timeouts, auth
+        raise InputError(f"--address {address!r}: could not connect to a Ray cluster "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+                         ) from None
+    total = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return int(total.get("GPU", 0)), int(total.get("CPU", 0)), len(nodes)
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _check_resources(args) -> Resources:
     if args.reduction_factor <= 1:
         raise InputError(f"--reduction-factor {args.reduction_factor}: must be > 1")
     if args.grace_period > args.max_epochs:
         raise InputError(f"--grace-period {args.grace_period}: must be <= --max-epochs "
                          f"({args.max_epochs})")
-    gpus, found = check_gpus(args.gpus)
-    cpus = os.cpu_count() or 1
-    if args.cpus_per_trial > cpus:
-        raise InputError(f"--cpus-per-trial {args.cpus_per_trial}: only {cpus} CPUs on this machine")
-    if gpus and args.gpus_per_trial > gpus:
-        raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: more than --gpus {gpus}")
-    return gpus, found, cpus
+    if args.address:
+        found, cpus, nodes = connect(args.address)
+        where = f"in the cluster at {args.address}"
+        if args.gpus is not None and args.gpus > found:
+            raise InputError(f"--gpus {args.gpus}: asked for {args.gpus} GPUs, found {found} {where}")
+        res = Resources(found if args.gpus is None else args.gpus, found, cpus, nodes, args.address)
+        if nodes > 1 and not is_uri(args.storage_path) and not args.storage_is_shared:
+            raise InputError(
+                f"--storage-path {args.storage_path!r} is a local path of this machine, but the "
+                f"cluster has {nodes} nodes and every node writes results and checkpoints there: "
+                "use cloud storage (s3://bucket/path, gs://...), or a shared file system mounted "
+                "at the same path on every node and pass --storage-is-shared")
+    else:
+        gpus, found = check_gpus(args.gpus)
+        where = "on this machine"
+        res = Resources(gpus, found, os.cpu_count() or 1)
+    if args.cpus_per_trial > res.cpus:
+        raise InputError(f"--cpus-per-trial {args.cpus_per_trial}: only {res.cpus} CPUs {where}")
+    if res.gpus and args.gpus_per_trial > res.gpus:
+        raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: more than --gpus {res.gpus}")
+    return res
 
 
 def _check_experiment_dir(exp_dir: Path, resume: bool) -> None:
@@ -348,7 +427,11 @@ def _run(study_name, args, prepare, variants) -> int:
             setattr(args, k, v)
     if args.smoke_test and args.gpus is None:
         args.gpus = 0
-    gpus, found, cpus = _check_resources(args)
+    if is_uri(args.storage_path):
+        raise InputError(f"--storage-path {args.storage_path!r}: cloud storage URIs are not "
+                         "supported yet; use a shared file system with --storage-is-shared")
+    res = _check_resources(args)
+    gpus, cpus = res.gpus, res.cpus
     storage = check_storage(args.storage_path)
     check_optuna_storage(args.optuna_storage)
     name = args.name or study_name
@@ -386,6 +469,7 @@ def _run(study_name, args, prepare, variants) -> int:
                 seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 concurrency=concurrency, retrain_top_k=args.retrain_top_k,
                 retrain_seeds=args.retrain_seeds, resume=args.resume,
+                max_failures=args.max_failures, reuse_actors=res.address is None,
                 optuna_storage=args.optuna_storage,
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -399,12 +483,13 @@ def _run(study_name, args, prepare, variants) -> int:
 
     import ray
 
-    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
-             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    if not res.address:
+        ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
     outcomes = []
     try:
         for plan in plans:
-            print_plan(plan, prepared, gpus, found, cpus)
+            print_plan(plan, prepared, res)
             record = {"study": plan.study.name, "group": name,
                       "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
                       "metric": plan.study.metric, "mode": plan.study.mode,
@@ -415,7 +500,9 @@ def _run(study_name, args, prepare, variants) -> int:
                       "optuna_storage": _masked(plan.optuna_url),
                       "optuna_study": plan.optuna_study_name,
                       "max_epochs": plan.max_epochs, "grace_period": plan.grace_period,
-                      "reduction_factor": plan.reduction_factor, **prepared.extra,
+                      "reduction_factor": plan.reduction_factor,
+                      "max_failures": plan.max_failures, "address": res.address,
+                      "nodes": res.nodes, **prepared.extra,
                       **provenance()}
             if not (plan.exp_dir / "experiment.json").exists():
                 (plan.exp_dir / "experiment.json").write_text(
@@ -427,7 +514,7 @@ def _run(study_name, args, prepare, variants) -> int:
         if prepared.after:
             prepared.after(outcomes)
     finally:
-        ray.shutdown()
+        ray.shutdown()  # on a cluster: disconnects; the cluster keeps running
     return 0
 
 
@@ -464,12 +551,16 @@ def write_tables(plan):
     return trials, epochs
 
 
-def print_plan(plan, prepared: Prepared, gpus: int, found: int, cpus: int) -> None:
-    where = (f"{gpus} of {found} GPUs, {plan.gpus_per_trial:g} GPU + {plan.cpus_per_trial:g} CPU per trial"
-             if gpus else f"CPU only ({cpus} CPUs, {plan.cpus_per_trial:g} per trial)")
+def print_plan(plan, prepared: Prepared, res: Resources) -> None:
+    where = (f"{res.gpus} of {res.found} GPUs, {plan.gpus_per_trial:g} GPU + "
+             f"{plan.cpus_per_trial:g} CPU per trial" if res.gpus else
+             f"CPU only ({res.cpus} CPUs, {plan.cpus_per_trial:g} per trial)")
+    if res.address:
+        where = f"cluster at {res.address} ({res.nodes} nodes, {res.cpus} CPUs): {where}"
     lines = [f"== {plan.study.name}: {'resuming ' if plan.resume else ''}{plan.exp_dir}",
              *(f"   {k}: {v}" for k, v in prepared.describe.items()),
-             f"   resources: {where}; {plan.concurrency} trials at a time",
+             f"   resources: {where}; {plan.concurrency} trials at a time; a failed trial is "
+             f"retried up to {plan.max_failures} times from its last checkpoint",
              f"   search: {plan.num_samples} trials x up to {plan.max_epochs} epochs, Optuna TPE "
              f"(seed {plan.seed}), ASHA on {plan.study.metric} ({plan.study.mode}), grace "
              f"{plan.grace_period}, reduction {plan.reduction_factor:g}",
@@ -482,8 +573,12 @@ def print_leaderboard(plan, trials, wall_s: float) -> None:
     from results import leaderboard
 
     n_stopped = int(trials["stopped_early"].sum()) if "stopped_early" in trials else 0
+    failed = trials[trials["status"] == "FAILED"] if "status" in trials else trials.iloc[0:0]
     print(f"\n== Leaderboard ({len(trials)} trials, {n_stopped} stopped early by ASHA, "
-          f"{wall_s:.0f} s) — {plan.study.metric} on the selection split", flush=True)
+          f"{len(failed)} failed, {wall_s:.0f} s) — {plan.study.metric} on the selection split",
+          flush=True)
+    for _, t in failed.iterrows():
+        print(f"   trial {t['trial_id']} failed: {t['failure']}", flush=True)
     with _pandas_wide():
         print(leaderboard(trials, metric=plan.study.metric).to_string(index=False), flush=True)
     print(f"tables: {plan.exp_dir / 'trials.csv'}, {plan.exp_dir / 'epochs.csv'}", flush=True)

@@ -39,6 +39,11 @@ class SweepPlan:
     retrain_top_k: int
     retrain_seeds: int
     resume: bool = False
+    max_failures: int = 2  # Tune retries of a crashed trial, from its last checkpoint
+    # Reusing trial actors saves a worker start per trial on one machine. On a cluster it is
+    # off: when a node dies, Tune can hand the recovering trial the dead node's cached actor
+    # and count one loss as two failures.
+    reuse_actors: bool = True
     # Optuna RDB URL the searcher's study lives in; None: sqlite file in the experiment dir.
     optuna_storage: str | None = None
     optuna_study: str | None = None  # study name there; None: the experiment name
@@ -76,7 +81,9 @@ def to_tune(dim):
 
 def _param_space(plan: SweepPlan) -> dict:
     space = {k: to_tune(v) for k, v in plan.space.items()}
-    return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.fixed.items()}, **space}
+    # "_metric": so that a trial that fails before training can still report the metric (NaN).
+    return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.fixed.items()},
+            "_metric": plan.study.metric, **space}
 
 
 def _wrapped_trainable(plan: SweepPlan, data, provenance: dict):
@@ -95,8 +102,8 @@ def _reporter(metrics: list[str], params: list[str]):
                             print_intermediate_tables=True)
 
 
-def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: str,
-                reporter=None):
+def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: str | None,
+                reporter=None, callbacks=None):
     from ray import tune
 
     return tune.RunConfig(
@@ -104,6 +111,8 @@ def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: 
         name=name, storage_path=str(storage),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=score,
                                                 checkpoint_score_order=plan.study.mode),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        callbacks=callbacks,
         verbose=1,
     )
 
@@ -130,6 +139,8 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
     # TPE's default of 10 random start-up trials would leave small sweeps entirely random;
     # a third of the budget (2..10) is random, the rest is modelled.
     startup = max(2, min(10, plan.num_samples // 3))
+    if plan.optuna_storage is None:
+        plan.exp_dir.mkdir(parents=True, exist_ok=True)  # the sqlite file lives there
     # The study persists in an RDB (sqlite in the experiment dir by default), so that
     # optuna-dashboard and the report can open it; Tune still drives it.
     searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(
@@ -145,7 +156,7 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
         trainable, param_space=_param_space(plan),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.concurrency),
-            scheduler=scheduler, num_samples=plan.num_samples, reuse_actors=True,
+            scheduler=scheduler, num_samples=plan.num_samples, reuse_actors=plan.reuse_actors,
             trial_dirname_creator=_trial_dirname),
         run_config=run_config,
     )
@@ -183,6 +194,45 @@ def top_configs(trials: pd.DataFrame, plan: SweepPlan) -> list[dict]:
     return out
 
 
+def save_retrain_job(out_root: Path, job: dict, metrics: dict, checkpoint) -> None:
+    """<out_root>/<job>/: the final checkpoint (weights, meta.json) and metrics.json. Written
+    whole, then renamed: a half-copied job never looks finished."""
+    target = out_root / job["_job"]
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    keep = {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float, str)) and k not in ("config",)}
+    (tmp / "metrics.json").write_text(json.dumps(
+        {"job": job["_job"], "rank": job["_rank"], "sweep_trial": job["_sweep_trial"],
+         "config": {k: v for k, v in job.items() if not k.startswith("_")},
+         "metrics": keep}, indent=1, default=str))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _retrain_saver(out_root: Path):
+    """A Tune callback (ray is imported only when a retrain runs)."""
+    from ray import tune
+
+    class SaveRetrain(tune.Callback):
+        """Saves each retrain job the moment it completes, so that a driver killed midway
+        keeps every finished job (a rerun skips those)."""
+
+        def __init__(self, out_root: Path):
+            self.out_root = out_root
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            job = (trial.config or {}).get("job")
+            result = trial.last_result or {}
+            if job is None or trial.checkpoint is None or not result.get("complete"):
+                return  # failed or interrupted: no metrics.json, so a rerun retrains it
+            save_retrain_job(self.out_root, job, result, trial.checkpoint)
+
+    return SaveRetrain(out_root)
+
+
 def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd.DataFrame:
     """Retrain the top configurations with ``retrain_seeds`` seeds each on the full training
     set; report the last epoch on the held-out dev split. Jobs whose metrics.json exists are
@@ -196,6 +246,7 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
         for s in range(plan.retrain_seeds):
             job_id = f"{key}-seed{plan.seed + s}"
             jobs.append({**plan.fixed, **top["hparams"], "stage": "retrain", "seed": plan.seed + s,
+                         "_metric": plan.study.metric,
                          "_job": job_id, "_rank": rank, "_sweep_trial": top["trial_id"]})
     pending = [j for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
     print(f"[retrain] {len(jobs)} jobs ({plan.retrain_top_k} configs x {plan.retrain_seeds} seeds), "
@@ -206,32 +257,14 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
             # One grid point per job; the trial harness unwraps config["job"].
             param_space={"job": tune.grid_search([{k: (list(v) if isinstance(v, tuple) else v)
                                                    for k, v in j.items()} for j in pending])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=True,
+            tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=plan.reuse_actors,
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(
                 plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1, score=None,  # the latest
-                reporter=_reporter(["epoch", plan.study.report_metric], ["job/_job"])),
+                reporter=_reporter(["epoch", plan.study.report_metric], ["job/_job"]),
+                callbacks=[_retrain_saver(out_root)]),
         )
-        for result in tuner.fit():
-            job = (result.config or {}).get("job")
-            if job is None or result.error is not None or result.checkpoint is None \
-                    or not (result.metrics or {}).get("complete"):
-                # Failed or interrupted: no metrics.json, so a rerun retrains this job.
-                continue
-            target = out_root / job["_job"]
-            tmp = target.with_name(target.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            with result.checkpoint.as_directory() as d:
-                shutil.copytree(d, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
-            keep = {k: v for k, v in result.metrics.items()
-                    if isinstance(v, (int, float, str)) and k not in ("config",)}
-            (tmp / "metrics.json").write_text(json.dumps(
-                {"job": job["_job"], "rank": job["_rank"], "sweep_trial": job["_sweep_trial"],
-                 "config": {k: v for k, v in job.items() if not k.startswith("_")},
-                 "metrics": keep}, indent=1, default=str))
-            # Written whole, then renamed: a half-copied job never looks finished.
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+        tuner.fit()  # each job is saved by _SaveRetrain as soon as it finishes
     missing = [j["_job"] for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
     if missing:
         print(f"[retrain] not finished: {', '.join(missing)}; rerun the same command with "

@@ -84,5 +84,6 @@ def test_help_lists_every_flag(tmp_path):
     for flag in ("--gpus", "--gpus-per-trial", "--cpus-per-trial", "--num-samples", "--max-epochs",
                  "--grace-period", "--reduction-factor", "--name", "--storage-path", "--resume",
                  "--seed", "--max-train-samples", "--retrain-top-k", "--retrain-seeds",
-                 "--smoke-test", "--model", "--target-modules", "--data-dir"):
+                 "--smoke-test", "--model", "--target-modules", "--data-dir", "--address",
+                 "--storage-is-shared", "--max-failures", "--optuna-storage"):
         assert flag in r.stdout, flag

@@ -1,0 +1,132 @@
+"""Fault tolerance with a real local Ray: the driver hard-killed (SIGKILL) during the sweep and
+again during the retrain, then --resume; a diverging (NaN) trial ends alone with a clear status;
+an error retrying cannot fix fails its trial once."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import COLA_SCRIPT, cli_env, run_cli
+from search.sweep import trial_statuses
+
+
+def start(args, tmp_path):
+    # Own session: SIGKILL reaches the driver and the Ray processes it started, like a crash.
+    return subprocess.Popen([sys.executable, str(COLA_SCRIPT), *args], cwd=tmp_path,
+                            env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def hard_kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    time.sleep(2)  # let orphaned Ray processes notice their parent is gone
+
+
+def wait_for(cond, proc, timeout=400):
+    deadline = time.time() + timeout
+    while not cond() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the command ended before it could be killed"
+
+
+@pytest.mark.slow
+def test_driver_killed_in_sweep_and_in_retrain(tmp_path):
+    import optuna
+
+    storage = tmp_path / "runs"
+    exp = storage / "ft"
+    args = ["--smoke-test", "--num-samples", "8", "--max-epochs", "3", "--retrain-top-k", "2",
+            "--retrain-seeds", "2", "--name", "ft", "--storage-path", str(storage)]
+
+    # 1. SIGKILL once two trials have checkpointed their last epoch.
+    proc = start(args, tmp_path)
+    wait_for(lambda: len(list(exp.glob("trial_*/checkpoint_000002"))) >= 2, proc)
+    hard_kill(proc)
+    statuses = trial_statuses(exp)  # as the driver last recorded them
+    finished = {tid: (exp / f"trial_{tid}" / "result.json").read_text()
+                for tid, st in statuses.items() if st == "TERMINATED"}
+    assert len(finished) < 8
+
+    # 2. --resume, and SIGKILL again once the first retrain job has finished.
+    proc = start(args + ["--resume"], tmp_path)
+    wait_for(lambda: len(list((exp / "retrained").glob("*/metrics.json"))) >= 1, proc, 600)
+    hard_kill(proc)
+    assert len(list((exp / "retrained").glob("*/metrics.json"))) < 4
+
+    # 3. --resume finishes what is missing.
+    r = run_cli(COLA_SCRIPT, args + ["--resume"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 8 and len(list(exp.glob("trial_*"))) == 8
+    for tid, text in finished.items():
+        assert (exp / f"trial_{tid}" / "result.json").read_text() == text, f"{tid} was rerun"
+    # searcher state intact: the Optuna study holds exactly the 8 trials, each with the
+    # configuration Tune ran
+    record = json.loads((exp / "experiment.json").read_text())
+    study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
+    done = [t for t in study.trials if t.state.is_finished()]
+    assert len(done) == 8
+    ran = {round(float(v), 12) for v in trials["config/learning_rate"]}
+    assert {round(t.params["learning_rate"], 12) for t in done} == ran
+    # the retrain: exactly one result per (configuration, seed)
+    runs = pd.read_csv(exp / "retrain_runs.csv")
+    assert len(runs) == 4 and not runs.duplicated(["rank", "seed"]).any()
+    assert sorted(p.name for p in (exp / "retrained").iterdir()) == sorted(runs["job"])
+
+
+@pytest.mark.slow
+def test_nan_trial_ends_alone(tmp_path):
+    storage = tmp_path / "runs"
+    # An absurd learning rate next to a sane one: the absurd trials diverge.
+    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--space", "learning_rate=1e-2,1e30",
+                              "--num-samples", "6", "--retrain-top-k", "1", "--retrain-seeds", "1",
+                              "--storage-path", str(storage)], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials = pd.read_csv(storage / "cola_lora" / "trials.csv")
+    failed = trials[trials["status"] == "FAILED"]
+    assert len(failed) >= 1 and (failed["config/learning_rate"] == 1e30).all()
+    assert failed["failure"].str.contains("non-finite training loss").all()
+    assert (trials.loc[trials["status"] != "FAILED", "config/learning_rate"] == 1e-2).all()
+    assert "failed: non-finite training loss" in r.stdout
+    runs = pd.read_csv(storage / "cola_lora" / "retrain_runs.csv")  # the sweep went on
+    assert len(runs) == 1 and runs["config/learning_rate"].iloc[0] == 1e-2
+
+
+@pytest.mark.slow
+def test_unfixable_error_fails_the_trial_once(tmp_path, monkeypatch, tiny_model, synthetic):
+    import ray
+
+    from conftest import ray_tmpdir
+    from models.cola_data import tokenize_cola
+    from models.hf import load_tokenizer
+    from models.registry import get_study
+    from results import trial_frame
+    from search.sweep import SweepPlan, build_tuner
+    from spaces.dims import LogUniform
+
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmpdir(tmp_path)))
+    data = tokenize_cola(synthetic, load_tokenizer(tiny_model), selection_fraction=0.1, seed=0)
+    plan = SweepPlan(study=get_study("cola_lora"), storage_path=tmp_path, name="gone",
+                     space={"learning_rate": LogUniform(1e-3, 1e-2)},
+                     fixed={"model": str(tmp_path / "deleted-model"), "max_epochs": 2, "seed": 0,
+                            "num_threads": 1},
+                     num_samples=2, max_epochs=2, grace_period=1, reduction_factor=2, seed=0,
+                     cpus_per_trial=1, gpus_per_trial=0, concurrency=2, retrain_top_k=0,
+                     retrain_seeds=1, max_failures=3)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        build_tuner(plan, data, {"git_commit": "test"}).fit()
+    finally:
+        ray.shutdown()
+    trials = trial_frame(plan.exp_dir, metric="best_val_mcc")
+    assert len(trials) == 2 and (trials["status"] == "FAILED").all()
+    assert trials["failure"].str.startswith("FileNotFoundError: model directory").all()
+    for d in plan.exp_dir.glob("trial_*"):
+        assert not (d / "error.txt").exists()  # never raised, so never retried
+        assert len((d / "result.json").read_text().splitlines()) == 1  # one attempt, one row
