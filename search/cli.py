@@ -524,7 +524,7 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     t0 = time.time()
     sweep.build_tuner(plan, prepared.data, prov).fit()
     finished, statuses = sweep.sweep_finished(plan)
-    trials, _ = write_tables(plan)
+    trials, _ = write_tables(plan, known=set(statuses))
     if not finished:
         print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
               f"finished trials; continue with the same command plus --resume", flush=True)
@@ -541,11 +541,23 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     return (0 if complete else 130), summary
 
 
-def write_tables(plan):
-    from results import epoch_frame, trial_frame
+def write_tables(plan, known: set[str] | None = None):
+    """trials.csv and epochs.csv. ``known``: the trial ids in Tune's experiment state; a trial
+    folder outside it was started after the last state snapshot of a killed driver and was
+    replaced on resume, so it is left out of the tables."""
+    from results import epoch_frame, read_trials, trial_frame
 
-    trials = trial_frame(plan.exp_dir, metric=plan.study.metric, mode=plan.study.mode)
-    epochs = epoch_frame(plan.exp_dir)
+    records = read_trials(plan.exp_dir)
+    if known is not None:
+        stray = [r for r in records if r.trial_id not in known]
+        records = [r for r in records if r.trial_id in known]
+        if stray:
+            print(f"(left out of the tables: {len(stray)} trial folder(s) of a killed driver "
+                  f"that Tune replaced on resume: {', '.join(r.path.name for r in stray)})",
+                  flush=True)
+    trials = trial_frame(plan.exp_dir, metric=plan.study.metric, mode=plan.study.mode,
+                         records=records)
+    epochs = epoch_frame(plan.exp_dir, records=records)
     trials.to_csv(plan.exp_dir / "trials.csv", index=False)
     epochs.to_csv(plan.exp_dir / "epochs.csv", index=False)
     return trials, epochs

@@ -63,7 +63,9 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path):
     r = run_cli(COLA_SCRIPT, args + ["--resume"], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials = pd.read_csv(exp / "trials.csv")
-    assert len(trials) == 8 and len(list(exp.glob("trial_*"))) == 8
+    # (a SIGKILL can leave a folder of a trial started after Tune's last state snapshot;
+    # Tune replaces it on resume and the tables leave it out)
+    assert len(trials) == 8 and set(trials["trial_id"]) == set(trial_statuses(exp))
     for tid, text in finished.items():
         assert (exp / f"trial_{tid}" / "result.json").read_text() == text, f"{tid} was rerun"
     # searcher state intact: the Optuna study holds exactly the 8 trials, each with the
