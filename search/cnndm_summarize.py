@@ -30,6 +30,7 @@ SMOKE_SPACES = {"prompt": {"learning_rate": LogUniform(1e-2, 3e-1)},
                 "lora": {"learning_rate": LogUniform(3e-3, 3e-2)},
                 "last-layers": {"learning_rate": LogUniform(1e-3, 1e-2),
                                 "n_last_layers": Choice((1, 2))}}
+TOKENS = {"max_source_tokens": 512, "max_target_tokens": 128, "rouge_samples": 100}
 SMOKE_TOKENS = {"max_source_tokens": 96, "max_target_tokens": 24, "rouge_samples": 8}
 
 
@@ -120,48 +121,46 @@ def check_model_fits(args, model_dir: str, sep_tokens: int) -> dict:
                 f"--max-source-tokens {args.max_source_tokens} + separator {sep_tokens} + "
                 f"--max-target-tokens {args.max_target_tokens} + EOS 1{extra} = {need} tokens, "
                 f"longer than the model's context of {context}; lower the token limits")
-        counts[method] = _count(method, study, space, model_dir, cfg, args)
+        counts[method] = _count(method, space, model_dir, cfg, args)
     return counts
 
 
-def _count(method, study, space, model_dir, cfg, args) -> str:
-    """Trainable / total parameters at the space's extremes, on an empty (meta) model."""
+def _count(method, space, model_dir, cfg, args) -> str:
+    """Trainable parameters at the space's extremes, of the total, on empty (meta) models."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from models.hf import count_parameters
     from models.summarize_last_layers import freeze_all_but_last
     from models.summarize_lora import SumLoraConfig, build_model
 
-    with torch.device("meta"):
-        base = AutoModelForCausalLM.from_config(cfg)
-    total = sum(p.numel() for p in base.parameters())
-    if method == "prompt":
-        hidden = cfg.hidden_size
-        return ", ".join(f"{n} tokens: {n * hidden:,}" for n in sorted(space["num_virtual_tokens"].edges())
-                         ) + f" of {total:,}"
-    if method == "last-layers":
-        out = []
+    def meta():
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(cfg)
+
+    out = []
+    if method == "prompt":  # num_virtual_tokens x n_embd
+        out = [f"{n} tokens: {n * cfg.hidden_size:,}"
+               for n in sorted(space["num_virtual_tokens"].edges())]
+    elif method == "last-layers":
         for n in sorted(space["n_last_layers"].edges()):
             try:
-                m = freeze_all_but_last(base, int(n))
+                m = freeze_all_but_last(meta(), int(n))
             except ValueError as e:
                 raise InputError(f"search space n_last_layers = {space['n_last_layers'].describe()}"
                                  f": {e}") from None
-            out.append(f"{n} blocks: {sum(p.numel() for p in m.parameters() if p.requires_grad):,}")
-        return ", ".join(out) + f" of {total:,}"
-    out = []
-    targets = tuple(args.target_modules) if args.target_modules else None
-    for r in sorted(space["lora_r"].edges()) if "lora_r" in space else [8]:
-        try:
-            with torch.device("meta"):
-                base = AutoModelForCausalLM.from_config(cfg)
-            m = build_model(SumLoraConfig(model=model_dir, lora_r=int(r), target_modules=targets),
-                            None, base=base)
-        except ValueError as e:
-            raise InputError(f"--target-modules {' '.join(args.target_modules or ['(default)'])}: "
-                             f"{str(e).splitlines()[0]}") from None
-        out.append(f"r={r}: {m.get_nb_trainable_parameters()[0]:,}")
-    return ", ".join(out) + f" of {total:,}"
+            out.append(f"{n} blocks: {count_parameters(m)['trainable_params']:,}")
+    else:
+        targets = tuple(args.target_modules) if args.target_modules else None
+        for r in sorted(space["lora_r"].edges()) if "lora_r" in space else [8]:
+            try:
+                m = build_model(SumLoraConfig(model=model_dir, lora_r=int(r),
+                                              target_modules=targets), None, base=meta())
+            except ValueError as e:
+                raise InputError(f"--target-modules {' '.join(args.target_modules or ['(default)'])}"
+                                 f": {str(e).splitlines()[0]}") from None
+            out.append(f"r={r}: {count_parameters(m)['trainable_params']:,}")
+    return ", ".join(out) + f" of {count_parameters(meta())['total_params']:,}"
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
@@ -169,11 +168,9 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2, pretrain_tiny_lm
 
-    for k, v in SMOKE_TOKENS.items():
+    for k, v in (SMOKE_TOKENS if args.smoke_test else TOKENS).items():
         if getattr(args, k) is None:
-            setattr(args, k, v if args.smoke_test else {"max_source_tokens": 512,
-                                                         "max_target_tokens": 128,
-                                                         "rouge_samples": 100}[k])
+            setattr(args, k, v)
     if not args.prompt_init_text.strip():
         raise InputError("--prompt-init-text: must not be empty")
     if args.data_dir:
