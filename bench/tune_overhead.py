@@ -7,10 +7,12 @@
 Optuna TPE, ASHA). Prints wall / ideal for each, ideal = trial-epochs x 1 s / concurrency; wall is
 ``Tuner.fit()`` alone (Ray is started once, before both).
 
-Where ours still loses time (measured with per-trial timestamps, 2 CPUs): ~3 s once per
-worker process to start it and import ray + torch, ~1 s for the first optimizer (torch
-imports torch._dynamo), ~0.2 s per trial switch inside Tune's controller loop, and the
-ASHA packing imbalance (one slot ends with more epochs than the other).
+Where ours still loses time (per-trial timestamps, 2 CPUs): ~3.4 s once per worker process
+to import ray.tune and torch, ~1.2 s for its first optimizer (torch imports torch._dynamo),
+~0.08 s per trial switch in a reused worker (0.25 s before trials froze the survivors of the
+first collection, see ``models.trial.freeze_survivors``), ~0.025 s per epoch for the report and
+its checkpoint, and the ASHA packing imbalance (one slot ends with more epochs than the other).
+The first two are a fixed ~4.6 s: a quarter of the 17.5 s ideal of a 35-epoch run.
 
     python bench/tune_overhead.py [--trials 16] [--epochs 3] [--work-s 1.0]
 """

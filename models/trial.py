@@ -39,6 +39,16 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
 
 
+def freeze_survivors() -> None:
+    """Collect, then move every object still alive (imported modules, Ray's and Tune's state)
+    out of the cyclic collector's reach, so that later collections scan only what came after.
+    With ray, torch and optuna imported, a full ``gc.collect()`` takes ~0.13 s on a 2-core
+    machine, paid at every trial switch of a reused worker; this way only the first trial in a
+    worker pays it. Frozen objects are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+
+
 def release() -> None:
     """Collect what the finished trial dropped and return cached CUDA blocks, so the next trial
     in this (reused) worker starts from zero allocated memory."""
@@ -62,6 +72,7 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     # Retrain jobs arrive as {"job": {...}} (one grid point each); sweep trials arrive flat.
     config = config["job"] if set(config) == {"job"} else config
+    freeze_survivors()
     try:
         cfg = config_cls.from_tune(config)
         if cfg.model.startswith(("/", ".", "~")) and not Path(cfg.model).expanduser().exists():
