@@ -2,7 +2,9 @@
 
     python -m results report EXPERIMENT_DIR [EXPERIMENT_DIR ...] [--out DIR] [--strict]
 
-Writes ``report.md`` and its PNG figures. A damaged directory is described in the report;
+Writes ``report.md`` and its PNG figures. An EXPERIMENT_DIR may be cloud storage
+(``s3://bucket/path/<name>``): it is fetched without checkpoints into the local mirror first,
+and the report is also written back to ``<uri>/report``. A damaged directory is described in the report;
 ``--strict`` makes any such problem exit 1. A path that is not an experiment exits 2."""
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("report", help="Markdown + PNG report of one or more experiment dirs",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR",
-                   help="experiment directories (<storage-path>/<name>) of any study")
+                   help="experiment directories (<storage-path>/<name>) of any study; local "
+                        "paths or s3://, gs:// URIs")
     r.add_argument("--out", default=None,
                    help="where report.md and the PNGs go (default: <first experiment>/report)")
     r.add_argument("--strict", action="store_true",
@@ -25,22 +28,41 @@ def main(argv=None) -> int:
                         "results, missing experiment files)")
     args = p.parse_args(argv)
 
+    from models.errors import InputError
     from results.experiment import is_experiment
+    from results.storage import default_mirror, is_checkpoint, is_uri, open_remote
 
+    local_dirs, remotes = [], []
     for d in args.experiments:
         path = Path(d)
+        if is_uri(d):
+            try:
+                remote = open_remote(d, flag="EXPERIMENT_DIR", probe=False)
+                if not remote.exists():
+                    raise InputError(f"EXPERIMENT_DIR {d!r}: nothing stored there")
+            except InputError as e:
+                p.error(str(e))
+            path = default_mirror(d)
+            print(f"fetching {d} (without checkpoints) into {path} ...", flush=True)
+            remote.pull(path, skip=is_checkpoint)
+            remotes.append(remote)
         if not path.is_dir():
             p.error(f"EXPERIMENT_DIR {d!r}: no such directory")
         if not is_experiment(path):
             p.error(f"EXPERIMENT_DIR {d!r}: not an experiment directory (no experiment.json "
                     "and no trial folders)")
-    out = Path(args.out) if args.out else Path(args.experiments[0]) / "report"
+        local_dirs.append(path)
+    out = Path(args.out) if args.out else local_dirs[0] / "report"
 
     from results.report import build_report
 
-    print(f"reading {len(args.experiments)} experiment(s) ...", flush=True)
-    path, problems = build_report(args.experiments, out)
+    print(f"reading {len(local_dirs)} experiment(s) ...", flush=True)
+    path, problems = build_report([str(d) for d in local_dirs], out)
     print(f"report: {path}", flush=True)
+    if is_uri(args.experiments[0]) and not args.out:
+        remotes[0].push(out, "report")
+        print(f"report: {args.experiments[0].split('?', 1)[0].rstrip('/')}/report/report.md",
+              flush=True)
     if problems:
         print(f"{len(problems)} problem(s) found (listed in the report):", file=sys.stderr)
         for line in problems:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from models.errors import ConfigError, InputError
+from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
+                             pull_tune_files, push_own_files)
 from spaces.dims import Choice, Fixed, LogUniform, Uniform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +106,13 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--retrain-seeds", type=positive_int, default=None, help="seeds per retrain")
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
-    g.add_argument("--storage-path", default="ray_results", help="where experiments are written")
+    g.add_argument("--storage-path", default="ray_results",
+                   help="where experiments are written: a directory, or cloud storage "
+                        "(s3://bucket/path, gs://bucket/path) that every node of a cluster reaches")
+    g.add_argument("--local-mirror", default=None, metavar="DIR",
+                   help="with cloud --storage-path: this machine's copy of the tables, "
+                        "experiment.json, optuna.db and retrained models before they are pushed "
+                        "(default: ~/.cache/sweeps-mirror/<scheme>/<bucket>/<path>)")
     g.add_argument("--max-failures", type=nonneg_int, default=2,
                    help="retries of a failed trial, each from its last checkpoint (a lost node, "
                         "a crash); bad configs and missing files fail once")
@@ -371,10 +379,6 @@ def connect(address: str):
     return int(total.get("GPU", 0)), int(total.get("CPU", 0)), len(nodes)
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def _check_resources(args) -> Resources:
     if args.reduction_factor <= 1:
         raise InputError(f"--reduction-factor {args.reduction_factor}: must be > 1")
@@ -404,14 +408,18 @@ def _check_resources(args) -> Resources:
     return res
 
 
-def _check_experiment_dir(exp_dir: Path, resume: bool) -> None:
+def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
+    name = exp_dir.name
+    where = display(remote, exp_dir.parent, name)
     if resume:
         from ray.tune import Tuner
 
-        if not Tuner.can_restore(str(exp_dir)):
-            raise InputError(f"--resume: no restorable experiment at {exp_dir}")
-    elif exp_dir.exists():
-        raise InputError(f"--name {exp_dir.name!r}: {exp_dir} already exists; pass --resume to "
+        ok = (Tuner.can_restore(remote.join(name), storage_filesystem=remote.fs) if remote
+              else Tuner.can_restore(str(exp_dir)))
+        if not ok:
+            raise InputError(f"--resume: no restorable experiment at {where}")
+    elif exp_dir.exists() or (remote is not None and remote.exists(name)):
+        raise InputError(f"--name {name!r}: {where} already exists; pass --resume to "
                          "continue it (finished trials and retrains are kept) or choose another --name")
 
 
@@ -427,18 +435,28 @@ def _run(study_name, args, prepare, variants) -> int:
             setattr(args, k, v)
     if args.smoke_test and args.gpus is None:
         args.gpus = 0
-    if is_uri(args.storage_path):
-        raise InputError(f"--storage-path {args.storage_path!r}: cloud storage URIs are not "
-                         "supported yet; use a shared file system with --storage-is-shared")
+    if args.local_mirror and not is_uri(args.storage_path):
+        raise InputError(f"--local-mirror {args.local_mirror!r}: only for a cloud --storage-path "
+                         f"(s3://..., gs://...), not {args.storage_path!r}")
     res = _check_resources(args)
     gpus, cpus = res.gpus, res.cpus
-    storage = check_storage(args.storage_path)
+    remote = None
+    if is_uri(args.storage_path):
+        # Tune writes to the bucket; this driver's own files go to a local mirror, then there.
+        remote = open_remote(args.storage_path)
+        mirror = args.local_mirror or str(default_mirror(args.storage_path))
+        try:
+            storage = check_storage(mirror)
+        except InputError as e:
+            raise InputError(str(e).replace("--storage-path", "--local-mirror", 1)) from None
+    else:
+        storage = check_storage(args.storage_path)
     check_optuna_storage(args.optuna_storage)
     name = args.name or study_name
     chosen = variants(args)
     names = {suffix: name + suffix for suffix in chosen}
     for n in names.values():
-        _check_experiment_dir(storage / n, args.resume)
+        _check_experiment_dir(storage / n, args.resume, remote)
     exp_dir = storage / name  # the main experiment; study artefacts (smoke models) live here
 
     with tempfile.TemporaryDirectory(prefix="sweep-prep-") as scratch:
@@ -470,6 +488,7 @@ def _run(study_name, args, prepare, variants) -> int:
                 concurrency=concurrency, retrain_top_k=args.retrain_top_k,
                 retrain_seeds=args.retrain_seeds, resume=args.resume,
                 max_failures=args.max_failures, reuse_actors=res.address is None,
+                remote=remote,
                 optuna_storage=args.optuna_storage,
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -477,6 +496,8 @@ def _run(study_name, args, prepare, variants) -> int:
         # --- validation done: from here on we write ---
         for plan in plans:
             plan.exp_dir.mkdir(parents=True, exist_ok=True)
+            if remote is not None and args.resume:  # maybe another machine: fetch what it lacks
+                pull_own_files(remote, plan.name, plan.exp_dir)
         if prepared.finalize:
             exp_dir.mkdir(parents=True, exist_ok=True)
             prepared.finalize(exp_dir)
@@ -502,11 +523,13 @@ def _run(study_name, args, prepare, variants) -> int:
                       "max_epochs": plan.max_epochs, "grace_period": plan.grace_period,
                       "reduction_factor": plan.reduction_factor,
                       "max_failures": plan.max_failures, "address": res.address,
+                      "storage": display(plan.remote, plan.storage_path, plan.name),
                       "nodes": res.nodes, **prepared.extra,
                       **provenance()}
             if not (plan.exp_dir / "experiment.json").exists():
                 (plan.exp_dir / "experiment.json").write_text(
                     json.dumps(record, indent=1, default=str))
+                push(plan, plan.exp_dir / "experiment.json")
             code, summary = _sweep_and_retrain(plan, prepared, provenance())
             if code:
                 return code
@@ -514,6 +537,10 @@ def _run(study_name, args, prepare, variants) -> int:
         if prepared.after:
             prepared.after(outcomes)
     finally:
+        if remote is not None:  # also after an interruption: what exists is worth keeping
+            for n in {name, *names.values()}:
+                print(f"pushing {n} to {display(remote, storage, n)} ...", flush=True)
+                push_own_files(remote, n, storage / n)
         ray.shutdown()  # on a cluster: disconnects; the cluster keeps running
     return 0
 
@@ -524,7 +551,11 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     t0 = time.time()
     sweep.build_tuner(plan, prepared.data, prov).fit()
     finished, statuses = sweep.sweep_finished(plan)
+    if plan.remote is not None:  # the tables are built from Tune's files
+        pull_tune_files(plan.remote, plan.name, plan.exp_dir)
     trials, _ = write_tables(plan, known=set(statuses))
+    if plan.remote is not None:
+        push_own_files(plan.remote, plan.name, plan.exp_dir)
     if not finished:
         print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
               f"finished trials; continue with the same command plus --resume", flush=True)
@@ -538,7 +569,15 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     runs.to_csv(plan.exp_dir / "retrain_runs.csv", index=False)
     summary.to_csv(plan.exp_dir / "retrain.csv", index=False)
     print_retrain(summary, hp, plan)
+    if plan.remote is not None:
+        push_own_files(plan.remote, plan.name, plan.exp_dir)
     return (0 if complete else 130), summary
+
+
+def push(plan, path: Path) -> None:
+    """One file of the mirror to the bucket at once (no-op for local storage)."""
+    if plan.remote is not None:
+        plan.remote.push(path, plan.name, *path.relative_to(plan.exp_dir).parts)
 
 
 def write_tables(plan, known: set[str] | None = None):
@@ -569,7 +608,8 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
              f"CPU only ({res.cpus} CPUs, {plan.cpus_per_trial:g} per trial)")
     if res.address:
         where = f"cluster at {res.address} ({res.nodes} nodes, {res.cpus} CPUs): {where}"
-    lines = [f"== {plan.study.name}: {'resuming ' if plan.resume else ''}{plan.exp_dir}",
+    lines = [f"== {plan.study.name}: {'resuming ' if plan.resume else ''}"
+             f"{display(plan.remote, plan.storage_path, plan.name)}",
              *(f"   {k}: {v}" for k, v in prepared.describe.items()),
              f"   resources: {where}; {plan.concurrency} trials at a time; a failed trial is "
              f"retried up to {plan.max_failures} times from its last checkpoint",

@@ -47,6 +47,9 @@ class SweepPlan:
     # Optuna RDB URL the searcher's study lives in; None: sqlite file in the experiment dir.
     optuna_storage: str | None = None
     optuna_study: str | None = None  # study name there; None: the experiment name
+    # Cloud storage (results.storage.Remote) Tune writes to; storage_path is then the driver's
+    # local mirror of it.
+    remote: object | None = None
 
     @property
     def exp_dir(self) -> Path:
@@ -102,13 +105,20 @@ def _reporter(metrics: list[str], params: list[str]):
                             print_intermediate_tables=True)
 
 
-def _run_config(plan: SweepPlan, name: str, storage: Path, *, keep: int, score: str | None,
+def _storage(plan: SweepPlan, *parts: str) -> dict:
+    """Tune's storage arguments for ``<storage>/<parts>``: the bucket when the plan has one."""
+    if plan.remote is not None:
+        return {"storage_path": plan.remote.join(*parts), "storage_filesystem": plan.remote.fs}
+    return {"storage_path": str(plan.storage_path.joinpath(*parts))}
+
+
+def _run_config(plan: SweepPlan, name: str, parts: tuple = (), *, keep: int, score: str | None,
                 reporter=None, callbacks=None):
     from ray import tune
 
     return tune.RunConfig(
         progress_reporter=reporter,
-        name=name, storage_path=str(storage),
+        name=name, **_storage(plan, *parts),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=score,
                                                 checkpoint_score_order=plan.study.mode),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
@@ -133,7 +143,9 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
     if plan.resume:
         # Finished trials are kept; searcher and scheduler state come back from the
         # experiment checkpoint, so the total stays num_samples.
-        return tune.Tuner.restore(str(plan.exp_dir), trainable=trainable,
+        where = _storage(plan, plan.name)
+        return tune.Tuner.restore(where["storage_path"], trainable=trainable,
+                                  storage_filesystem=where.get("storage_filesystem"),
                                   resume_unfinished=True, resume_errored=True)
     metric, mode = plan.study.metric, plan.study.mode
     # TPE's default of 10 random start-up trials would leave small sweeps entirely random;
@@ -149,7 +161,7 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
     scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode,
                               max_t=plan.max_epochs, grace_period=plan.grace_period,
                               reduction_factor=plan.reduction_factor)
-    run_config = _run_config(plan, plan.name, plan.storage_path, keep=2,
+    run_config = _run_config(plan, plan.name, keep=2,
                              score=metric.removeprefix("best_"),
                              reporter=_reporter(["epoch", metric], list(plan.space)))
     return tune.Tuner(
@@ -162,14 +174,18 @@ def build_tuner(plan: SweepPlan, data, provenance: dict):
     )
 
 
-def trial_statuses(exp_dir: Path) -> dict[str, str]:
+def trial_statuses(exp_dir, storage_filesystem=None) -> dict[str, str]:
+    """Tune's last recorded status per trial of the experiment at ``exp_dir`` (a local path, or
+    a path in ``storage_filesystem``)."""
     from ray.tune import ExperimentAnalysis
 
-    return {t.trial_id: t.status for t in ExperimentAnalysis(str(exp_dir)).trials}
+    analysis = ExperimentAnalysis(str(exp_dir), storage_filesystem=storage_filesystem)
+    return {t.trial_id: t.status for t in analysis.trials}
 
 
 def sweep_finished(plan: SweepPlan) -> tuple[bool, dict[str, str]]:
-    statuses = trial_statuses(plan.exp_dir)
+    where = _storage(plan, plan.name)
+    statuses = trial_statuses(where["storage_path"], where.get("storage_filesystem"))
     done = sum(s in ("TERMINATED", "ERROR") for s in statuses.values())
     return done >= plan.num_samples, statuses
 
@@ -212,7 +228,7 @@ def save_retrain_job(out_root: Path, job: dict, metrics: dict, checkpoint) -> No
     tmp.rename(target)
 
 
-def _retrain_saver(out_root: Path):
+def _retrain_saver(out_root: Path, push=None):
     """A Tune callback (ray is imported only when a retrain runs)."""
     from ray import tune
 
@@ -220,8 +236,9 @@ def _retrain_saver(out_root: Path):
         """Saves each retrain job the moment it completes, so that a driver killed midway
         keeps every finished job (a rerun skips those)."""
 
-        def __init__(self, out_root: Path):
+        def __init__(self, out_root: Path, push):
             self.out_root = out_root
+            self.push = push  # copies a saved job to cloud storage, when there is one
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             job = (trial.config or {}).get("job")
@@ -229,8 +246,10 @@ def _retrain_saver(out_root: Path):
             if job is None or trial.checkpoint is None or not result.get("complete"):
                 return  # failed or interrupted: no metrics.json, so a rerun retrains it
             save_retrain_job(self.out_root, job, result, trial.checkpoint)
+            if self.push is not None:
+                self.push(self.out_root / job["_job"])
 
-    return SaveRetrain(out_root)
+    return SaveRetrain(out_root, push)
 
 
 def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd.DataFrame:
@@ -249,6 +268,9 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                          "_metric": plan.study.metric,
                          "_job": job_id, "_rank": rank, "_sweep_trial": top["trial_id"]})
     pending = [j for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
+    # With cloud storage, each saved job also goes to the bucket at once.
+    push = (None if plan.remote is None else
+            lambda job_dir: plan.remote.push(job_dir, plan.name, RETRAIN_DIR, job_dir.name))
     print(f"[retrain] {len(jobs)} jobs ({plan.retrain_top_k} configs x {plan.retrain_seeds} seeds), "
           f"{len(jobs) - len(pending)} already done, {len(pending)} to run", flush=True)
     if pending:
@@ -260,9 +282,9 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=plan.reuse_actors,
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(
-                plan, RETRAIN_EXPERIMENT, plan.exp_dir, keep=1, score=None,  # the latest
+                plan, RETRAIN_EXPERIMENT, (plan.name,), keep=1, score=None,  # the latest
                 reporter=_reporter(["epoch", plan.study.report_metric], ["job/_job"]),
-                callbacks=[_retrain_saver(out_root)]),
+                callbacks=[_retrain_saver(out_root, push)]),
         )
         tuner.fit()  # each job is saved by _SaveRetrain as soon as it finishes
     missing = [j["_job"] for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
