@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.batching import classification_batches
+from models.batching import classification_batches, length_sorted
 from models.cola_data import ColaData
+from models.loop import autocast, to_device
 from models.metrics import classification_metrics
 
 
@@ -29,13 +30,16 @@ def stage_splits(data: ColaData, stage: str) -> tuple[str, dict[str, str], str]:
 
 def make_evaluator(data: ColaData, evals: dict[str, str], *,
                    forward: Callable[[torch.nn.Module, dict], torch.Tensor],
-                   batch_size: int = 128, device="cpu",
+                   batch_size: int = 256, device="cpu",
                    reference: Callable[[str], np.ndarray] | None = None
                    ) -> Callable[[torch.nn.Module], dict]:
     """``forward(model, batch) -> logits [B, 2]``. Returns evaluate(model) -> flat metrics:
     ``<prefix>_loss``, ``_accuracy``, ``_mcc`` per split, and ``_agreement`` (share of equal
-    predictions) when ``reference(split)`` gives another model's predictions (the teacher's)."""
+    predictions) when ``reference(split)`` gives another model's predictions (the teacher's).
+    Batches are length-sorted (no gradients, so larger than training's) and the logits put
+    back in the split's order."""
     cached = {prefix: data.split(split) for prefix, split in evals.items()}
+    orders = {prefix: length_sorted(ids) for prefix, (ids, _) in cached.items()}
     refs = {prefix: reference(split) for prefix, split in evals.items()} if reference else {}
 
     @torch.inference_mode()
@@ -43,11 +47,13 @@ def make_evaluator(data: ColaData, evals: dict[str, str], *,
         out = {}
         for prefix, (ids, labels) in cached.items():
             logits = []
+            order, inverse = orders[prefix]
             for batch in classification_batches(ids, labels, batch_size=batch_size,
-                                                pad_id=data.pad_token_id):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                logits.append(forward(model, batch).float())
-            logits = torch.cat(logits)
+                                                pad_id=data.pad_token_id, order=order):
+                batch = to_device(batch, device)
+                with autocast(device):
+                    logits.append(forward(model, batch).float())
+            logits = torch.cat(logits)[torch.from_numpy(inverse).to(logits[0].device)]
             y = torch.tensor(labels, device=logits.device)
             out[f"{prefix}_loss"] = F.cross_entropy(logits, y).item()
             preds = logits.argmax(-1).cpu().numpy()

@@ -211,14 +211,19 @@ def tokenize_articles(articles: Articles, tokenizer, *, separator: str, max_sour
 
 
 def lm_batches(examples: list[Example], *, batch_size: int, pad_id: int,
-               shuffle_seed: int | None = None):
+               shuffle_seed: int | None = None, group_by_length: bool = False,
+               order: np.ndarray | None = None):
     """Yield {input_ids, attention_mask, labels} [B, L_max], right-padded to the longest in
-    the batch; labels are IGNORE on prompt and padding positions."""
+    the batch; labels are IGNORE on prompt and padding positions. Order: as given, or
+    ``order``, or a seeded shuffle (length-grouped with ``group_by_length``)."""
     import torch
 
-    order = np.arange(len(examples))
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(examples))
+    from models.batching import epoch_order
+
+    if order is None:
+        order = epoch_order(np.fromiter((len(e.input_ids) for e in examples), int, len(examples)),
+                            batch_size=batch_size, seed=shuffle_seed,
+                            group_by_length=group_by_length)
     for start in range(0, len(order), batch_size):
         chunk = [examples[i] for i in order[start: start + batch_size]]
         width = max(len(e.input_ids) for e in chunk)

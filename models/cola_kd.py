@@ -100,6 +100,7 @@ def setup(cfg: ColaKDConfig, data: KDData, device) -> TrialSetup:
     def train_batches(epoch: int):
         return classification_batches(ids, labels, batch_size=cfg.batch_size,
                                       pad_id=cola.pad_token_id, shuffle_seed=cfg.seed * 1000 + epoch,
+                                      group_by_length=cfg.group_by_length,
                                       extra={"teacher_logits": soft})
 
     def loss_fn(m, batch):

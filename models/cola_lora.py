@@ -55,7 +55,8 @@ def setup(cfg: ColaLoraConfig, data: ColaData, device) -> TrialSetup:
 
     def train_batches(epoch: int):
         return classification_batches(ids, labels, batch_size=cfg.batch_size,
-                                      pad_id=data.pad_token_id, shuffle_seed=cfg.seed * 1000 + epoch)
+                                      pad_id=data.pad_token_id, shuffle_seed=cfg.seed * 1000 + epoch,
+                                      group_by_length=cfg.group_by_length)
 
     def save(path: str):
         model.save_pretrained(path)  # adapter_model.safetensors + adapter_config.json

@@ -35,6 +35,9 @@ class TrialConfig:
     model: str = "gpt2"
     stage: str = "sweep"  # "sweep": train on fit, score on select; "retrain": train on all, report on dev
     num_threads: int = 1  # torch intra-op threads = CPUs reserved for the trial
+    # Training batches of similar lengths (a seeded, length-grouped shuffle): less padding.
+    group_by_length: bool = True
+    compile: bool = False  # torch.compile the model (opt-in: compile time vs faster steps)
 
     def __post_init__(self):
         self.validate()
@@ -49,6 +52,9 @@ class TrialConfig:
                 self.max_epochs, "must be an integer >= 1")
         require(self.stage in STAGES, "stage", self.stage, f"one of {STAGES}")
         require(self.num_threads >= 1, "num_threads", self.num_threads, "must be >= 1")
+        for flag in ("group_by_length", "compile"):
+            require(isinstance(getattr(self, flag), bool), flag, getattr(self, flag),
+                    "must be true or false")
 
     @classmethod
     def field_names(cls) -> set[str]:

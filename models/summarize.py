@@ -56,14 +56,20 @@ def _loss(model, batch):
 def token_weighted_loss(model, examples, *, batch_size: int, pad_id: int, device) -> float:
     """Mean negative log-likelihood per summary token over ``examples`` (each batch's mean is
     weighted by its number of loss-bearing tokens)."""
+    from models.batching import length_sorted
+    from models.loop import autocast, to_device
+
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for batch in lm_batches(examples, batch_size=batch_size, pad_id=pad_id):
+    order, _ = length_sorted([e.input_ids for e in examples])  # a sum: any order will do
+    for batch in lm_batches(examples, batch_size=batch_size, pad_id=pad_id, order=order):
         # HF shifts labels by one inside the model: position 0's label never counts, and it is
         # always IGNORE (an article token), so this is the count the model averages over.
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        total += model(**batch).loss.double() * n
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())  # host tensor: no device sync
+        batch = to_device(batch, device)
+        with autocast(device):
+            loss = model(**batch).loss
+        total += loss.double() * n
         count += n
     return (total / max(count, 1)).item()
 
@@ -140,12 +146,12 @@ def setup(cfg: SummarizeConfig, data: SumData, device, *,
     `train`, stop early on `validation` and are reported on `test` (eval loss every epoch,
     ROUGE once, on the best epoch's model)."""
     model = build_model(cfg, data).to(device)
-    eval_bs = max(cfg.batch_size, 8)
+    eval_bs = max(2 * cfg.batch_size, 16)  # no gradients kept: twice the training batch fits
     evals = {"val": "validation"} if cfg.stage == "sweep" else {"val": "validation", "test": "test"}
 
     def train_batches(epoch: int):
         return lm_batches(data.train, batch_size=cfg.batch_size, pad_id=data.pad_token_id,
-                          shuffle_seed=cfg.seed * 1000 + epoch)
+                          shuffle_seed=cfg.seed * 1000 + epoch, group_by_length=cfg.group_by_length)
 
     @torch.inference_mode()
     def evaluate(m) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.errors import ConfigError, InputError
-from models.loop import LoopState, TrialSetup, build_optimizer, train_loop
+from models.loop import LoopState, TrialSetup, build_optimizer, enable_tf32, is_cuda, train_loop
 
 TRAINER_STATE = "trainer_state.pt"
 META = "meta.json"
@@ -80,6 +80,8 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
         torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
         device = pick_device()
+        if is_cuda(device):
+            enable_tf32()
         s: TrialSetup = setup_fn(cfg, data, device)
     except NOT_RETRYABLE as e:
         # Retrying cannot fix a bad config or a missing file: end the trial once, with its
@@ -124,21 +126,24 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
                                                    default=str))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
+    # Compiled: the same parameters behind a compiled forward (dynamic shapes: every batch
+    # has its own length). Saving and loading go through the setup's own model object.
+    model = torch.compile(s.model, dynamic=True) if cfg.compile else s.model
     try:
         state = train_loop(
-            model=s.model, optimizer=optimizer, scheduler=scheduler, loss_fn=s.loss_fn,
+            model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=s.loss_fn,
             train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=cfg.max_epochs,
             best_metric=s.best_metric, mode=s.mode, report=report, state=state, device=device,
             grad_accum=s.grad_accum, patience=s.patience, keep_best=s.keep_best)
         if s.final_evaluate is not None:
             # One more row, for the final (best-epoch, with keep_best) model.
-            s.model.eval()
+            model.eval()
             final = {**last, "epoch": state.epoch, "elapsed_s": state.elapsed_s,
                      "last_epoch": True}
             if state.failure is None or state.best_params is not None:  # weights worth scoring
-                final.update(s.final_evaluate(s.model))
+                final.update(s.final_evaluate(model))
             report(final, state, final=True)
     finally:
         # Drop this frame's references (the report closure holds them too) before collecting.
-        s = optimizer = scheduler = report = None  # noqa: F841
+        s = model = optimizer = scheduler = report = None  # noqa: F841
         release()

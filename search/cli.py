@@ -100,6 +100,13 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         "a,b,c (a choice) or a single value (fixed); repeatable")
     g.add_argument("--max-train-samples", type=positive_int, default=None,
                    help="use a seeded subset of the training set (quick runs)")
+    g = p.add_argument_group("speed")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each trial's model: faster steps after a compile of tens "
+                        "of seconds per trial (worth it for long trials; measure with "
+                        "bench/train_throughput.py --compile)")
+    g.add_argument("--no-length-grouping", action="store_true",
+                   help="plain shuffled batches instead of length-grouped ones (more padding)")
     g = p.add_argument_group("retrain")
     g.add_argument("--retrain-top-k", type=nonneg_int, default=None,
                    help="retrain the best k configurations (0 skips)")
@@ -477,7 +484,8 @@ def _run(study_name, args, prepare, variants) -> int:
             space = {**apply_space_overrides(study.space, args.space, fields, skip=all_fields),
                      **variant.overrides}
             fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
-                     "num_threads": args.cpus_per_trial}
+                     "num_threads": args.cpus_per_trial, "compile": args.compile,
+                     "group_by_length": not args.no_length_grouping}
             fixed = {k: v for k, v in fixed.items() if k not in space and k in fields}
             validate_space(space, study.config_cls, fixed)
             plans.append(sweep.SweepPlan(

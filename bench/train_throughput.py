@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""How close is one training epoch to the hardware's limit, and to the HF Trainer?
+
+For one model + LoRA adapter on CoLA's training set, times one epoch (training only, no
+evaluation) side by side in one process:
+  - our loop as it was: plain shuffled batches (per-batch padding), torch's default AdamW;
+  - + fused AdamW; + length-grouped batches (each change on its own, then both: ours now);
+  - optionally (--compile) ours now with torch.compile;
+  - the HF Trainer with the same model, adapter, batch size and data: default settings, then
+    train_sampling_strategy="group_by_length".
+Prints samples/s, each against the Trainer default, and our epoch over the FLOP floor: the
+forward and input-gradient matmuls over the real (unpadded) tokens, counted from the model's
+shapes, at the fp32 matmul rate measured in the same run. Then evaluation of the dev split
+(length-sorted large batches under inference_mode against unsorted training-size batches), and
+the GRU student of the distillation study (packed against padded sequences, grouped against
+plain batches).
+
+    python bench/train_throughput.py --model <dir of a local HF model> --data-dir <CoLA dir>
+    python bench/train_throughput.py            # tiny GPT-2 built in-process, generated data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def matmul_rate(seconds: float = 3.0, n: int = 1024) -> float:
+    """fp32 FLOP/s of square matmuls at the current thread count (best of repeated runs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = min(best, (time.perf_counter() - t) / 4)
+    return 2 * n**3 / best
+
+
+def matmul_shapes(model) -> tuple[int, int, int]:
+    """(weights in linear maps excluding embeddings and the head, layers, hidden size)."""
+    from transformers.pytorch_utils import Conv1D
+
+    n = 0
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and "lora_" not in name \
+                and not name.endswith(("classifier", "score", "classifier.original_module",
+                                       "score.original_module", "modules_to_save.default")):
+            n += m.weight.numel()
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    return n, layers, hidden
+
+
+def floor_flops(lengths: np.ndarray, n_weights: int, layers: int, hidden: int) -> float:
+    """Forward + input-gradient FLOPs of one epoch over the real tokens: per sequence of T
+    tokens, 2*N*T for the linear maps and 4*layers*hidden*T^2 for attention scores and mixing,
+    twice (the frozen base needs no weight gradients; LoRA's are negligible)."""
+    t = lengths.astype(np.float64)
+    forward = 2 * n_weights * t.sum() + 4 * layers * hidden * (t**2).sum()
+    return 2 * forward
+
+
+def load(args, tmp: Path):
+    from models.cola_data import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.hf import load_tokenizer
+
+    splits = load_cola_dir(args.data_dir) if args.data_dir else synthetic_cola(n_train=2000)
+    model = args.model
+    if model is None:
+        from models.tiny import build_tiny_gpt2
+
+        model = build_tiny_gpt2(tmp / "tiny", splits.train_text + splits.dev_text,
+                                n_layer=2, n_embd=64, n_head=2)
+    tok = load_tokenizer(model)
+    data = tokenize_cola(splits, tok, selection_fraction=0.1, seed=0,
+                         max_train_samples=args.max_train_samples)
+    return model, tok, data
+
+
+def ours(args, model_name, data, *, group: bool, fused: bool, compile: bool = False) -> float:
+    """One epoch of the shared loop through the study's own setup; returns training seconds."""
+    from models.cola_lora import ColaLoraConfig, setup
+    from models.loop import build_optimizer, train_loop
+    from models.trial import seed_everything
+
+    seed_everything(0)
+    cfg = ColaLoraConfig(model=model_name, batch_size=args.batch_size, lora_r=args.lora_r,
+                         lora_alpha=2 * args.lora_r, learning_rate=args.learning_rate,
+                         max_epochs=1, stage="retrain", group_by_length=group, compile=compile)
+    s = setup(cfg, data, "cpu")
+    opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
+                                 total_steps=s.steps_per_epoch, warmup_ratio=cfg.warmup_ratio,
+                                 fused=fused)
+    model = torch.compile(s.model, dynamic=True) if compile else s.model
+    out = {}
+    train_loop(model=model, optimizer=opt, scheduler=sched, loss_fn=s.loss_fn,
+               train_batches=s.train_batches, evaluate=lambda m: {"none": 0.0},
+               max_epochs=1, best_metric="none", report=lambda m, st: out.update(m))
+    return out["train_s"]
+
+
+def hf_trainer(args, model_name, tok, data, *, strategy: str, tmp: Path) -> float:
+    """One epoch of transformers' Trainer on the same model, adapter, batches and data."""
+    import datasets
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from models.cola_lora import ColaLoraConfig, build_lora_model
+    from models.trial import seed_everything
+
+    seed_everything(0)
+    cfg = ColaLoraConfig(model=model_name, batch_size=args.batch_size, lora_r=args.lora_r,
+                         lora_alpha=2 * args.lora_r, learning_rate=args.learning_rate)
+    model = build_lora_model(cfg, pad_token_id=data.pad_token_id)
+    ids, labels = data.split("train")
+    ds = datasets.Dataset.from_dict({"input_ids": [x.tolist() for x in ids],
+                                     "attention_mask": [[1] * len(x) for x in ids],
+                                     "labels": labels.tolist()})
+    targs = TrainingArguments(output_dir=str(tmp / f"trainer-{strategy}"), use_cpu=True,
+                              per_device_train_batch_size=args.batch_size, num_train_epochs=1,
+                              learning_rate=args.learning_rate,
+                              warmup_steps=int(0.06 * -(-len(ids) // args.batch_size)),
+                              save_strategy="no", report_to="none", disable_tqdm=True,
+                              train_sampling_strategy=strategy, seed=0)
+    trainer = Trainer(model=model, args=targs, train_dataset=ds,
+                      data_collator=DataCollatorWithPadding(tok))
+    t = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - t
+
+
+def eval_time(model_name, data, args, *, sorted_large: bool) -> float:
+    """Seconds to score the dev split: our evaluator (length-sorted, batch 256, inference
+    mode) or the plain way (split order, training batch size, no_grad)."""
+    from models.batching import classification_batches
+    from models.classify import make_evaluator
+    from models.cola_lora import ColaLoraConfig, _forward, build_lora_model
+
+    cfg = ColaLoraConfig(model=model_name, lora_r=args.lora_r)
+    model = build_lora_model(cfg, pad_token_id=data.pad_token_id).eval()
+    t = time.perf_counter()
+    if sorted_large:
+        make_evaluator(data, {"dev": "dev"}, forward=_forward)(model)
+    else:
+        ids, labels = data.split("dev")
+        with torch.no_grad():
+            for b in classification_batches(ids, labels, batch_size=args.batch_size,
+                                            pad_id=data.pad_token_id):
+                _forward(model, b).argmax(-1).tolist()  # a sync per batch, as a plain loop does
+    return time.perf_counter() - t
+
+
+def student_epoch(data, args, *, packed: bool, group: bool) -> float:
+    """One KD epoch of the GRU student (teacher logits: fixed random stand-ins, timing only)."""
+    from models.batching import classification_batches
+    from models.kd_loss import kd_loss
+    from models.loop import build_optimizer, train_loop
+    from models.student import GRUStudent
+
+    torch.manual_seed(0)
+    ids, labels = data.split("train")
+    vocab = int(max(int(x.max()) for x in ids)) + 1
+    model = GRUStudent(vocab_size=vocab, embed_dim=args.student_dim,
+                       hidden_size=args.student_dim, pad_token_id=data.pad_token_id)
+    soft = np.random.default_rng(0).normal(size=(len(ids), 2)).astype(np.float32)
+
+    def forward(m, b):
+        if not packed:  # the student's own path (one direction): padded, gathered at the end
+            return m(b["input_ids"], b["attention_mask"])
+        from torch.nn.utils.rnn import pack_padded_sequence
+
+        seq = pack_padded_sequence(m.embed(b["input_ids"]), b["attention_mask"].sum(1),
+                                   batch_first=True, enforce_sorted=False)
+        _, h_n = m.gru(seq)  # [1, B, H] at each true end
+        return m.head(h_n[-1])
+
+    steps = -(-len(ids) // args.batch_size)
+    opt, sched = build_optimizer(model, learning_rate=1e-3, weight_decay=0.0,
+                                 total_steps=steps, warmup_ratio=0.0)
+    out = {}
+    train_loop(model=model, optimizer=opt, scheduler=sched,
+               loss_fn=lambda m, b: kd_loss(forward(m, b), b["teacher_logits"], b["labels"],
+                                            fraction=0.5, temperature=2.0),
+               train_batches=lambda e: classification_batches(
+                   ids, labels, batch_size=args.batch_size, pad_id=data.pad_token_id,
+                   shuffle_seed=e, group_by_length=group, extra={"teacher_logits": soft}),
+               evaluate=lambda m: {"none": 0.0}, max_epochs=1, best_metric="none",
+               report=lambda m, st: out.update(m))
+    return out["train_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help="local HF model directory (default: a tiny GPT-2 built in-process)")
+    p.add_argument("--data-dir", default=None, help="CoLA directory (default: generated data)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    p.add_argument("--student-dim", type=int, default=128)
+    p.add_argument("--skip-trainer", action="store_true")
+    args = p.parse_args()
+
+    from search.cli import quiet_libraries
+
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="throughput-"))
+    model_name, tok, data = load(args, tmp)
+    ids, _ = data.split("train")
+    lengths = np.array([len(x) for x in ids])
+    n = len(ids)
+    print(f"model {model_name}; {n} training sentences, {lengths.sum()} tokens "
+          f"(mean {lengths.mean():.1f}, max {lengths.max()}); batch {args.batch_size}; "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+    rate = matmul_rate()
+    from models.cola_lora import ColaLoraConfig, build_lora_model
+
+    probe = build_lora_model(ColaLoraConfig(model=model_name, lora_r=args.lora_r),
+                             pad_token_id=data.pad_token_id)
+    n_w, layers, hidden = matmul_shapes(probe)
+    floor_s = floor_flops(lengths, n_w, layers, hidden) / rate
+    print(f"fp32 matmul rate {rate / 1e9:.1f} GFLOP/s; {n_w / 1e6:.2f} M matmul weights, "
+          f"{layers} layers, hidden {hidden}: FLOP floor {floor_s:.1f} s per epoch", flush=True)
+
+    rows = []
+
+    def add(name, seconds):
+        rows.append((name, seconds))
+        print(f"  {name:<44} {seconds:7.1f} s  {n / seconds:7.1f} samples/s", flush=True)
+
+    add("ours before: shuffled, default AdamW", ours(args, model_name, data, group=False, fused=False))
+    add("ours + fused AdamW", ours(args, model_name, data, group=False, fused=True))
+    add("ours + length grouping", ours(args, model_name, data, group=True, fused=False))
+    add("ours now: grouping + fused AdamW", ours(args, model_name, data, group=True, fused=True))
+    now = rows[-1][1]
+    if args.compile:
+        add("ours now + torch.compile (incl. compiling)",
+            ours(args, model_name, data, group=True, fused=True, compile=True))
+    if not args.skip_trainer:
+        add("HF Trainer default", hf_trainer(args, model_name, tok, data, strategy="random", tmp=tmp))
+        add("HF Trainer group_by_length",
+            hf_trainer(args, model_name, tok, data, strategy="group_by_length", tmp=tmp))
+
+    print("\nevaluation of the dev split:", flush=True)
+    ev_plain = eval_time(model_name, data, args, sorted_large=False)
+    ev_ours = eval_time(model_name, data, args, sorted_large=True)
+    print(f"  plain (split order, batch {args.batch_size}, no_grad)   {ev_plain:6.2f} s", flush=True)
+    print(f"  ours (length-sorted, batch 256, inference_mode) {ev_ours:6.2f} s "
+          f"({ev_plain / ev_ours:.2f}x)", flush=True)
+
+    print("\nGRU student (KD loss), one epoch:", flush=True)
+    student = {}
+    for packed in (False, True):
+        for group in (False, True):
+            student[(packed, group)] = s = student_epoch(data, args, packed=packed, group=group)
+            print(f"  {'packed' if packed else 'padded':<7} {'grouped' if group else 'shuffled':<9}"
+                  f" {s:6.2f} s  {n / s:7.1f} samples/s", flush=True)
+
+    by = dict(rows)
+    summary = {"train_samples": n, "floor_s": floor_s, "matmul_gflops": rate / 1e9,
+               **{k: v for k, v in rows}, "eval_plain_s": ev_plain, "eval_ours_s": ev_ours,
+               "student_s": {f"{'packed' if k[0] else 'padded'}-{'grouped' if k[1] else 'shuffled'}": v
+                             for k, v in student.items()}}
+    (tmp / "throughput.json").write_text(json.dumps(summary, indent=1))
+    print(f"\n(all figures: {tmp / 'throughput.json'})")
+    print(f"ours now vs ours before: {by['ours before: shuffled, default AdamW'] / now:.2f}x")
+    if not args.skip_trainer:
+        print(f"ours now vs HF Trainer default: {by['HF Trainer default'] / now:.2f}x; "
+              f"vs Trainer group_by_length: {by['HF Trainer group_by_length'] / now:.2f}x")
+    print(f"ours now over the FLOP floor: {now / floor_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
