@@ -11,12 +11,14 @@ evaluation) side by side in one process:
 Prints samples/s, each against the Trainer default, and our epoch over the FLOP floor: the
 forward and input-gradient matmuls over the real (unpadded) tokens, counted from the model's
 shapes, at the fp32 matmul rate measured in the same run. Then evaluation of the dev split
-(length-sorted large batches under inference_mode against unsorted training-size batches), and
-the GRU student of the distillation study (packed against padded sequences, grouped against
-plain batches).
+(length-sorted large batches under inference_mode against unsorted training-size batches), the
+GRU student of the distillation study (packed against padded sequences, grouped against plain
+batches), and the summarization loop (GPT-2 + LoRA on CNN/DailyMail articles: grouped against
+plain batches, sorted against unsorted evaluation).
 
     python bench/train_throughput.py --model <dir of a local HF model> --data-dir <CoLA dir>
     python bench/train_throughput.py            # tiny GPT-2 built in-process, generated data
+    ... --cnndm-dir <CNN/DM CSV dir> [--sum-model <local causal LM dir>]
 """
 from __future__ import annotations
 
@@ -200,6 +202,56 @@ def student_epoch(data, args, *, packed: bool, group: bool) -> float:
     return out["train_s"]
 
 
+def summarize_parts(args, tmp: Path):
+    """SumData and a causal LM for the summarization section (tiny GPT-2 by default)."""
+    from models.cnndm_data import load_cnndm_dir, synthetic_articles, tokenize_articles
+    from models.hf import load_tokenizer
+
+    arts = (load_cnndm_dir(args.cnndm_dir, seed=0) if args.cnndm_dir
+            else synthetic_articles(n=400))
+    model = args.sum_model
+    if model is None:
+        from models.tiny import build_tiny_gpt2
+
+        texts = [a for a, _ in arts.train] + [h for _, h in arts.train]
+        model = build_tiny_gpt2(tmp / "tiny-lm", texts + [" TL;DR: "] * 20, vocab_size=600,
+                                n_layer=2, n_embd=64, n_head=2, n_positions=512)
+    tok = load_tokenizer(model)
+    data = tokenize_articles(arts, tok, separator=" TL;DR: ", max_source_tokens=args.sum_source,
+                             max_target_tokens=64)
+    return model, data
+
+
+def summarize_epoch(model_name, data, args, *, group: bool) -> tuple[float, float]:
+    """(training seconds of one LoRA epoch, seconds of the validation loss) through the
+    study's own setup; the plain variant also evaluates in split order."""
+    from models.cnndm_data import lm_batches
+    from models.loop import build_optimizer, train_loop
+    from models.summarize import setup
+    from models.summarize_lora import SumLoraConfig, build_model
+    from models.trial import seed_everything
+
+    seed_everything(0)
+    cfg = SumLoraConfig(model=model_name, batch_size=8, max_epochs=1, group_by_length=group)
+    s = setup(cfg, data, "cpu", build_model=build_model)
+    steps = -(-len(data.train) // cfg.batch_size)
+    opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
+                                 total_steps=steps, warmup_ratio=cfg.warmup_ratio)
+    out = {}
+    train_loop(model=s.model, optimizer=opt, scheduler=sched, loss_fn=s.loss_fn,
+               train_batches=s.train_batches, evaluate=lambda m: {"none": 0.0},
+               max_epochs=1, best_metric="none", report=lambda m, st: out.update(m))
+    s.model.eval()
+    t = time.perf_counter()
+    if group:
+        s.evaluate(s.model)
+    else:
+        with torch.no_grad():
+            for b in lm_batches(data.validation, batch_size=cfg.batch_size, pad_id=data.pad_token_id):
+                s.model(**b).loss.item()  # a sync per batch, as a plain loop does
+    return out["train_s"], time.perf_counter() - t
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -214,6 +266,11 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
     p.add_argument("--student-dim", type=int, default=128)
     p.add_argument("--skip-trainer", action="store_true")
+    p.add_argument("--cnndm-dir", default=None,
+                   help="CNN/DM CSV dir for the summarization section (default: generated)")
+    p.add_argument("--sum-model", default=None,
+                   help="local causal LM for the summarization section (default: tiny GPT-2)")
+    p.add_argument("--sum-source", type=int, default=256, help="summarization: article tokens")
     args = p.parse_args()
 
     from search.cli import quiet_libraries
@@ -274,11 +331,25 @@ def main() -> None:
             print(f"  {'packed' if packed else 'padded':<7} {'grouped' if group else 'shuffled':<9}"
                   f" {s:6.2f} s  {n / s:7.1f} samples/s", flush=True)
 
+    print("\nsummarization (GPT-2 + LoRA, batch 8), one epoch + validation loss:", flush=True)
+    sum_model, sum_data = summarize_parts(args, tmp)
+    lens = np.array([len(e.input_ids) for e in sum_data.train])
+    print(f"  {len(lens)} training articles, tokens mean {lens.mean():.0f}, min {lens.min()}, "
+          f"max {lens.max()}", flush=True)
+    summ = {}
+    for group in (False, True):
+        summ[group] = tr, ev = summarize_epoch(sum_model, sum_data, args, group=group)
+        print(f"  {'grouped, sorted eval' if group else 'shuffled, plain eval':<22} train {tr:6.2f} s"
+              f" ({len(lens) / tr:6.1f} samples/s), eval {ev:5.2f} s", flush=True)
+    print(f"  grouped vs shuffled: train {summ[False][0] / summ[True][0]:.2f}x, "
+          f"eval {summ[False][1] / summ[True][1]:.2f}x", flush=True)
+
     by = dict(rows)
     summary = {"train_samples": n, "floor_s": floor_s, "matmul_gflops": rate / 1e9,
                **{k: v for k, v in rows}, "eval_plain_s": ev_plain, "eval_ours_s": ev_ours,
                "student_s": {f"{'packed' if k[0] else 'padded'}-{'grouped' if k[1] else 'shuffled'}": v
-                             for k, v in student.items()}}
+                             for k, v in student.items()},
+               "summarize_s": {"shuffled": summ[False], "grouped": summ[True]}}
     (tmp / "throughput.json").write_text(json.dumps(summary, indent=1))
     print(f"\n(all figures: {tmp / 'throughput.json'})")
     print(f"ours now vs ours before: {by['ours before: shuffled, default AdamW'] / now:.2f}x")

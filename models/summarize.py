@@ -78,6 +78,12 @@ def generate_summaries(model, data: SumData, examples, *, batch_size: int, devic
     """Greedy decoding after each example's prompt (article + separator), up to
     ``max_target_tokens`` + EOS new tokens; text up to the first EOS."""
     out = [""] * len(examples)
+    # Soft prompts: with transformers >= 5.24, peft 0.21's cached decoding prepends the virtual
+    # tokens again at every step (positions run past the context and the output is wrong).
+    # Without the cache each step re-reads prompt + text: correct, and cheap at summary lengths.
+    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning",
+                              False)
+    cache = {"use_cache": False} if prompt_learning else {}
     # Similar lengths together: less left padding.
     order = sorted(range(len(examples)), key=lambda i: examples[i].prompt_len)
     ordered = [examples[i] for i in order]
@@ -90,7 +96,7 @@ def generate_summaries(model, data: SumData, examples, *, batch_size: int, devic
                                  attention_mask=batch["attention_mask"].to(device),
                                  max_new_tokens=data.max_target_tokens + 1, do_sample=False,
                                  num_beams=1, pad_token_id=data.pad_token_id,
-                                 eos_token_id=data.eos_token_id)
+                                 eos_token_id=data.eos_token_id, **cache)
             for row in gen[:, width:].tolist():
                 if data.eos_token_id in row:
                     row = row[: row.index(data.eos_token_id)]

@@ -58,11 +58,12 @@ def rebuild_study(trials: pd.DataFrame, space: dict, *, metric: str, mode: str):
 def param_importance(trials: pd.DataFrame, space: dict, *, metric: str, mode: str,
                      seed: int = 0) -> pd.DataFrame:
     """-> DataFrame(param, importance) sorted, importances summing to 1. Needs >= 2 swept
-    dimensions and >= 2 trials with a value; otherwise an empty frame."""
+    dimensions and >= 2 trials with different values (when every trial scored the same,
+    e.g. MCC 0 everywhere, no hyperparameter explains anything); otherwise an empty frame."""
     import optuna
 
     study = rebuild_study(trials, space, metric=metric, mode=mode)
-    if len(_distributions(space)) < 2 or len(study.trials) < 2:
+    if len(_distributions(space)) < 2 or len({t.value for t in study.trials}) < 2:
         return pd.DataFrame(columns=["param", "importance"])
     scores = optuna.importance.get_param_importances(
         study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))

@@ -199,7 +199,8 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
                   "from an Optuna study rebuilt from the results.\n", _md(imp),
                   f"\n![importance]({name})\n"]
     else:
-        parts.append("_needs at least 2 swept hyperparameters and 2 trials with a value_")
+        parts.append("_needs at least 2 swept hyperparameters and 2 trials with different "
+                     "values_")
 
     parts.append("\n### Retrain\n")
     rt = retrain_table(exp)

@@ -145,3 +145,21 @@ def test_edge_flags_and_rungs():
                                                                   "r": "upper"}
     assert edge_flags(trials, space, metric="m", mode="min") == {"dropout": "lower", "r": "lower"}
     assert asha_rungs(9, 1, 3) == [1, 3] and asha_rungs(3, 1, 2) == [1, 2]
+
+
+def test_importance_of_equal_scores_is_empty_not_an_error():
+    """Every trial scoring the same (a smoke sweep whose MCC is 0 everywhere): fANOVA has no
+    variance to explain; the report says so instead of failing."""
+    import pandas as pd
+
+    from results.importance import param_importance
+    from spaces.dims import LogUniform, Uniform
+
+    space = {"learning_rate": LogUniform(1e-5, 1e-2), "lora_dropout": Uniform(0.0, 0.3)}
+    trials = pd.DataFrame({"config/learning_rate": [1e-4, 1e-3, 3e-3],
+                           "config/lora_dropout": [0.1, 0.2, 0.05],
+                           "best_val_mcc": [0.0, 0.0, 0.0]})
+    assert param_importance(trials, space, metric="best_val_mcc", mode="max").empty
+    trials.loc[0, "best_val_mcc"] = 0.3
+    imp = param_importance(trials, space, metric="best_val_mcc", mode="max")
+    assert set(imp["param"]) == set(space) and abs(imp["importance"].sum() - 1) < 1e-6

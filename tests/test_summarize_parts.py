@@ -221,6 +221,29 @@ def test_generation_stops_at_eos_and_decodes(lm_dir, data):
     assert all(len(data.tokenizer(s)["input_ids"]) <= data.max_target_tokens + 1 for s in out)
 
 
+def test_soft_prompt_generation_is_greedy_decoding_of_prompt_plus_text(lm_dir, data):
+    """Each generated token is the argmax after [virtual tokens + article + separator + the
+    tokens so far] (peft's forward prepends the soft prompt), and decoding stays within the
+    context however many tokens it emits."""
+    from models.summarize import generate_summaries
+    from models.summarize_prompt import SumPromptConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(SumPromptConfig(model=lm_dir, num_virtual_tokens=10), data).eval()
+    ex = data.test[:2]
+    with torch.inference_mode():
+        out = generate_summaries(model, data, ex, batch_size=2, device="cpu")
+        for e, text in zip(ex, out):
+            ids = list(e.input_ids[: e.prompt_len])
+            want = []
+            for _ in range(data.max_target_tokens + 1):
+                nxt = int(model(input_ids=torch.tensor([ids + want])).logits[0, -1].argmax())
+                if nxt == data.eos_token_id:
+                    break
+                want.append(nxt)
+            assert text == data.tokenizer.decode(want, skip_special_tokens=True).strip()
+
+
 # --- the loop features this study uses --------------------------------------------------------
 def _toy(seed=0):
     torch.manual_seed(seed)
