@@ -4,7 +4,8 @@
 For one model + LoRA adapter on CoLA's training set, times one epoch (training only, no
 evaluation) side by side in one process:
   - our loop as it was: plain shuffled batches (per-batch padding), torch's default AdamW;
-  - + fused AdamW; + length-grouped batches (each change on its own, then both: ours now);
+  - + fused AdamW; + length-grouped batches (each change on its own, then both); then + the
+    cheaper CPU dropout of models.dropout (ours now: what a CPU trial runs);
   - optionally (--compile) ours now with torch.compile;
   - the HF Trainer with the same model, adapter, batch size and data: default settings, then
     train_sampling_strategy="group_by_length".
@@ -91,9 +92,13 @@ def load(args, tmp: Path):
     return model, tok, data
 
 
-def ours(args, model_name, data, *, group: bool, fused: bool, compile: bool = False) -> float:
-    """One epoch of the shared loop through the study's own setup; returns training seconds."""
+def ours(args, model_name, data, *, group: bool, fused: bool, cpu_dropout: bool,
+         compile: bool = False) -> float:
+    """One epoch of the shared loop through the study's own setup, as the trial harness runs
+    it (``cpu_dropout``: models.dropout swapped in, as trials on a CPU do); returns training
+    seconds."""
     from models.cola_lora import ColaLoraConfig, setup
+    from models.dropout import use_cpu_dropout
     from models.loop import build_optimizer, train_loop
     from models.trial import seed_everything
 
@@ -102,6 +107,8 @@ def ours(args, model_name, data, *, group: bool, fused: bool, compile: bool = Fa
                          lora_alpha=2 * args.lora_r, learning_rate=args.learning_rate,
                          max_epochs=1, stage="retrain", group_by_length=group, compile=compile)
     s = setup(cfg, data, "cpu")
+    if cpu_dropout and not compile:
+        use_cpu_dropout(s.model)
     opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                  total_steps=s.steps_per_epoch, warmup_ratio=cfg.warmup_ratio,
                                  fused=fused)
@@ -224,8 +231,10 @@ def summarize_parts(args, tmp: Path):
 
 def summarize_epoch(model_name, data, args, *, group: bool) -> tuple[float, float]:
     """(training seconds of one LoRA epoch, seconds of the validation loss) through the
-    study's own setup; the plain variant also evaluates in split order."""
+    study's own setup: ours (grouped, CPU dropout, sorted evaluation) or the plain variant
+    (shuffled, torch's dropout, evaluation in split order)."""
     from models.cnndm_data import lm_batches
+    from models.dropout import use_cpu_dropout
     from models.loop import build_optimizer, train_loop
     from models.summarize import setup
     from models.summarize_lora import SumLoraConfig, build_model
@@ -234,6 +243,8 @@ def summarize_epoch(model_name, data, args, *, group: bool) -> tuple[float, floa
     seed_everything(0)
     cfg = SumLoraConfig(model=model_name, batch_size=8, max_epochs=1, group_by_length=group)
     s = setup(cfg, data, "cpu", build_model=build_model)
+    if group:  # ours: as a CPU trial runs it
+        use_cpu_dropout(s.model)
     steps = -(-len(data.train) // cfg.batch_size)
     opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                  total_steps=steps, warmup_ratio=cfg.warmup_ratio)
@@ -303,14 +314,17 @@ def main() -> None:
         rows.append((name, seconds))
         print(f"  {name:<44} {seconds:7.1f} s  {n / seconds:7.1f} samples/s", flush=True)
 
-    add("ours before: shuffled, default AdamW", ours(args, model_name, data, group=False, fused=False))
-    add("ours + fused AdamW", ours(args, model_name, data, group=False, fused=True))
-    add("ours + length grouping", ours(args, model_name, data, group=True, fused=False))
-    add("ours now: grouping + fused AdamW", ours(args, model_name, data, group=True, fused=True))
+    plain = dict(model_name=model_name, data=data, cpu_dropout=False)
+    add("ours before: shuffled, default AdamW", ours(args, **plain, group=False, fused=False))
+    add("ours + fused AdamW", ours(args, **plain, group=False, fused=True))
+    add("ours + length grouping", ours(args, **plain, group=True, fused=False))
+    add("ours + grouping + fused AdamW", ours(args, **plain, group=True, fused=True))
+    add("ours now: + CPU dropout (models.dropout)",
+        ours(args, model_name, data, group=True, fused=True, cpu_dropout=True))
     now = rows[-1][1]
     if args.compile:
         add("ours now + torch.compile (incl. compiling)",
-            ours(args, model_name, data, group=True, fused=True, compile=True))
+            ours(args, model_name, data, group=True, fused=True, cpu_dropout=False, compile=True))
     if not args.skip_trainer:
         add("HF Trainer default", hf_trainer(args, model_name, tok, data, strategy="random", tmp=tmp))
         add("HF Trainer group_by_length",
@@ -339,9 +353,9 @@ def main() -> None:
     summ = {}
     for group in (False, True):
         summ[group] = tr, ev = summarize_epoch(sum_model, sum_data, args, group=group)
-        print(f"  {'grouped, sorted eval' if group else 'shuffled, plain eval':<22} train {tr:6.2f} s"
+        print(f"  {'ours' if group else 'plain':<6} train {tr:6.2f} s"
               f" ({len(lens) / tr:6.1f} samples/s), eval {ev:5.2f} s", flush=True)
-    print(f"  grouped vs shuffled: train {summ[False][0] / summ[True][0]:.2f}x, "
+    print(f"  ours vs plain: train {summ[False][0] / summ[True][0]:.2f}x, "
           f"eval {summ[False][1] / summ[True][1]:.2f}x", flush=True)
 
     by = dict(rows)

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from models.dropout import use_cpu_dropout
 from models.errors import ConfigError, InputError
 from models.loop import LoopState, TrialSetup, build_optimizer, enable_tf32, is_cuda, train_loop
 
@@ -126,6 +127,10 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
                                                    default=str))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if device.type == "cpu" and not cfg.compile:
+        # torch's CPU dropout draws a random number per element (15 % of a LoRA step);
+        # compiled models get inductor's own fused random numbers instead.
+        use_cpu_dropout(s.model)
     # Compiled: the same parameters behind a compiled forward (dynamic shapes: every batch
     # has its own length). Saving and loading go through the setup's own model object.
     model = torch.compile(s.model, dynamic=True) if cfg.compile else s.model

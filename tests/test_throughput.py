@@ -1,6 +1,6 @@
 """Behaviour of the throughput work (timings live in bench/train_throughput.py): length-grouped
 epochs hold every example exactly once and pad less, grouped and plain training reach the same
-place, sorted evaluation gives back logits in the split's order, and a compiled model computes
+place (and so do torch's dropout and the cheaper CPU one), sorted evaluation gives back logits in the split's order, and a compiled model computes
 the same loss and gradients as the eager one."""
 import numpy as np
 import pytest
@@ -67,11 +67,15 @@ def test_sorted_evaluation_returns_logits_in_split_order(synthetic, tiny_model):
                                             rel=1e-4)
 
 
-def run(data, model_name, *, group: bool, epochs: int = 4) -> dict:
+def run(data, model_name, *, group: bool, epochs: int = 4, cpu_dropout: bool = False) -> dict:
+    from models.dropout import use_cpu_dropout
+
     seed_everything(0)
     cfg = ColaLoraConfig(model=model_name, batch_size=16, learning_rate=3e-3, lora_r=8,
                          max_epochs=epochs, stage="retrain", group_by_length=group)
     s = setup(cfg, data, "cpu")
+    if cpu_dropout:
+        assert use_cpu_dropout(s.model) > 0
     opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                  total_steps=s.steps_per_epoch * epochs, warmup_ratio=0.06)
     rows = []
@@ -94,6 +98,19 @@ def test_grouped_and_plain_training_agree(synthetic, tiny_model):
     assert grouped["dev_accuracy"] == pytest.approx(plain["dev_accuracy"], abs=0.08)
     # ... and both learned: the generated task is learnable by the tiny model.
     assert min(grouped["dev_accuracy"], plain["dev_accuracy"]) > data.majority_baseline()["dev_accuracy"]
+
+
+def test_cpu_dropout_trains_to_the_same_place(synthetic, tiny_model):
+    from models.cola_data import tokenize_cola
+
+    tok = load_tokenizer(tiny_model)
+    data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
+    torch_dropout = run(data, tiny_model, group=True)
+    cheaper = run(data, tiny_model, group=True, cpu_dropout=True)
+    # Other random masks, the same distribution: the same place, within noise.
+    for k in ("train_loss", "dev_loss", "dev_accuracy"):
+        assert cheaper[k] == pytest.approx(torch_dropout[k], abs=0.08), k
+    assert cheaper["dev_accuracy"] > data.majority_baseline()["dev_accuracy"]
 
 
 @pytest.mark.slow
