@@ -14,8 +14,11 @@ forward and input-gradient matmuls over the real (unpadded) tokens, counted from
 shapes, at the fp32 matmul rate measured in the same run. Then evaluation of the dev split
 (length-sorted large batches under inference_mode against unsorted training-size batches), the
 GRU student of the distillation study (packed against padded sequences, grouped against plain
-batches), and the summarization loop (GPT-2 + LoRA on CNN/DailyMail articles: grouped against
-plain batches, sorted against unsorted evaluation).
+batches), and the summarization loop (GPT-2 + LoRA on CNN/DailyMail articles, ours against
+plain: grouped against shuffled batches, CPU dropout against torch's, sorted against unsorted
+evaluation). The epoch rows run one after another, so the machine's drift shows in them (10-15 %
+between runs on a shared host); the dropout change is also timed as an interleaved A/B on the
+same batches (``--dropout-ab-only`` runs just that).
 
     python bench/train_throughput.py --model <dir of a local HF model> --data-dir <CoLA dir>
     python bench/train_throughput.py            # tiny GPT-2 built in-process, generated data
@@ -118,6 +121,51 @@ def ours(args, model_name, data, *, group: bool, fused: bool, cpu_dropout: bool,
                train_batches=s.train_batches, evaluate=lambda m: {"none": 0.0},
                max_epochs=1, best_metric="none", report=lambda m, st: out.update(m))
     return out["train_s"]
+
+
+def dropout_ab(args, model_name, data, *, rounds: int = 3, steps: int = 40) -> tuple[float, float]:
+    """(ms per training step with torch's dropout, with models.dropout.CpuDropout): one model,
+    the same grouped batches, the two dropouts swapped in turn for ``rounds`` rounds; best round
+    of each. Interleaving keeps the machine's drift (which moves a whole epoch by 10-15 % from
+    one run to the next on a shared host) out of the comparison."""
+    import itertools
+
+    from models.cola_lora import ColaLoraConfig, setup
+    from models.dropout import CpuDropout
+    from models.loop import build_optimizer
+    from models.trial import seed_everything
+
+    seed_everything(0)
+    cfg = ColaLoraConfig(model=model_name, batch_size=args.batch_size, lora_r=args.lora_r,
+                         lora_alpha=2 * args.lora_r, learning_rate=args.learning_rate,
+                         max_epochs=1, stage="retrain", group_by_length=True)
+    s = setup(cfg, data, "cpu")
+    opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
+                                 total_steps=rounds * 2 * steps + 5, warmup_ratio=0.0)
+    batches = list(itertools.islice(iter(s.train_batches(1)), steps))
+    slots = [(parent, name, child) for parent in s.model.modules()
+             for name, child in parent.named_children() if type(child) is torch.nn.Dropout]
+    cheap = {id(c): CpuDropout(c.p) for _, _, c in slots}
+    s.model.train()
+
+    def step(b):
+        s.loss_fn(s.model, b).backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    for b in batches[:5]:
+        step(b)
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for use in (False, True):
+            for parent, name, child in slots:
+                setattr(parent, name, cheap[id(child)] if use else child)
+            t = time.perf_counter()
+            for b in batches:
+                step(b)
+            best[use] = min(best[use], (time.perf_counter() - t) / len(batches) * 1e3)
+    return best[False], best[True]
 
 
 def hf_trainer(args, model_name, tok, data, *, strategy: str, tmp: Path) -> float:
@@ -282,6 +330,8 @@ def main() -> None:
     p.add_argument("--sum-model", default=None,
                    help="local causal LM for the summarization section (default: tiny GPT-2)")
     p.add_argument("--sum-source", type=int, default=256, help="summarization: article tokens")
+    p.add_argument("--dropout-ab-only", action="store_true",
+                   help="only the interleaved A/B of torch's dropout against models.dropout")
     args = p.parse_args()
 
     from search.cli import quiet_libraries
@@ -308,6 +358,16 @@ def main() -> None:
     print(f"fp32 matmul rate {rate / 1e9:.1f} GFLOP/s; {n_w / 1e6:.2f} M matmul weights, "
           f"{layers} layers, hidden {hidden}: FLOP floor {floor_s:.1f} s per epoch", flush=True)
 
+    def report_ab():
+        torch_ms, cpu_ms = dropout_ab(args, model_name, data)
+        print(f"\ndropout A/B (same batches, interleaved, best of 3 rounds of 40 steps): torch "
+              f"{torch_ms:.1f} ms/step, CpuDropout {cpu_ms:.1f} ms/step: {torch_ms / cpu_ms:.2f}x",
+              flush=True)
+        return torch_ms, cpu_ms
+
+    if args.dropout_ab_only:
+        report_ab()
+        return
     rows = []
 
     def add(name, seconds):
@@ -329,6 +389,8 @@ def main() -> None:
         add("HF Trainer default", hf_trainer(args, model_name, tok, data, strategy="random", tmp=tmp))
         add("HF Trainer group_by_length",
             hf_trainer(args, model_name, tok, data, strategy="group_by_length", tmp=tmp))
+
+    ab = report_ab()
 
     print("\nevaluation of the dev split:", flush=True)
     ev_plain = eval_time(model_name, data, args, sorted_large=False)
@@ -360,7 +422,7 @@ def main() -> None:
 
     by = dict(rows)
     summary = {"train_samples": n, "floor_s": floor_s, "matmul_gflops": rate / 1e9,
-               **{k: v for k, v in rows}, "eval_plain_s": ev_plain, "eval_ours_s": ev_ours,
+               **{k: v for k, v in rows}, "dropout_ab_ms": ab, "eval_plain_s": ev_plain, "eval_ours_s": ev_ours,
                "student_s": {f"{'packed' if k[0] else 'padded'}-{'grouped' if k[1] else 'shuffled'}": v
                              for k, v in student.items()},
                "summarize_s": {"shuffled": summ[False], "grouped": summ[True]}}
