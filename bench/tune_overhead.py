@@ -8,8 +8,8 @@ Optuna TPE, ASHA). Prints wall / ideal for each, ideal = trial-epochs x 1 s / co
 ``Tuner.fit()`` alone (Ray is started once, before both).
 
 Where ours still loses time (timestamps in the driver and the trial workers, 2 CPUs): ~5.3 s
-from ``fit()`` to the first trial's start, although Ray's pre-started workers host the trial
-actors (the driver's own part, Tune's set-up and the first Optuna suggestions, is 0.3 s; the
+from ``fit()`` to the first trial's start, on workers Ray started at ``ray.init`` (the driver's
+own part, Tune's set-up and the first Optuna suggestions, is 0.3 s; the
 rest is the actor importing ray.tune, then torch and the harness as the trainable unpickles),
 ~2.4 s at its first optimizer step (torch imports torch._dynamo), 0.05-0.1 s per trial switch in
 a reused worker (0.25 s before trials froze the survivors of the first collection, see
