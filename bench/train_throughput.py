@@ -131,7 +131,7 @@ def dropout_ab(args, model_name, data, *, rounds: int = 3, steps: int = 40) -> t
     import itertools
 
     from models.cola_lora import ColaLoraConfig, setup
-    from models.dropout import CpuDropout
+    from models.dropout import CpuDropout, dropout_slots
     from models.loop import build_optimizer
     from models.trial import seed_everything
 
@@ -143,8 +143,7 @@ def dropout_ab(args, model_name, data, *, rounds: int = 3, steps: int = 40) -> t
     opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                  total_steps=rounds * 2 * steps + 5, warmup_ratio=0.0)
     batches = list(itertools.islice(iter(s.train_batches(1)), steps))
-    slots = [(parent, name, child) for parent in s.model.modules()
-             for name, child in parent.named_children() if type(child) is torch.nn.Dropout]
+    slots = dropout_slots(s.model)
     cheap = {id(c): CpuDropout(c.p) for _, _, c in slots}
     s.model.train()
 
@@ -348,16 +347,6 @@ def main() -> None:
           f"(mean {lengths.mean():.1f}, max {lengths.max()}); batch {args.batch_size}; "
           f"{torch.get_num_threads()} threads", flush=True)
 
-    rate = matmul_rate()
-    from models.cola_lora import ColaLoraConfig, build_lora_model
-
-    probe = build_lora_model(ColaLoraConfig(model=model_name, lora_r=args.lora_r),
-                             pad_token_id=data.pad_token_id)
-    n_w, layers, hidden = matmul_shapes(probe)
-    floor_s = floor_flops(lengths, n_w, layers, hidden) / rate
-    print(f"fp32 matmul rate {rate / 1e9:.1f} GFLOP/s; {n_w / 1e6:.2f} M matmul weights, "
-          f"{layers} layers, hidden {hidden}: FLOP floor {floor_s:.1f} s per epoch", flush=True)
-
     def report_ab():
         torch_ms, cpu_ms = dropout_ab(args, model_name, data)
         print(f"\ndropout A/B (same batches, interleaved, best of 3 rounds of 40 steps): torch "
@@ -368,6 +357,17 @@ def main() -> None:
     if args.dropout_ab_only:
         report_ab()
         return
+
+    rate = matmul_rate()
+    from models.cola_lora import ColaLoraConfig, build_lora_model
+
+    probe = build_lora_model(ColaLoraConfig(model=model_name, lora_r=args.lora_r),
+                             pad_token_id=data.pad_token_id)
+    n_w, layers, hidden = matmul_shapes(probe)
+    floor_s = floor_flops(lengths, n_w, layers, hidden) / rate
+    print(f"fp32 matmul rate {rate / 1e9:.1f} GFLOP/s; {n_w / 1e6:.2f} M matmul weights, "
+          f"{layers} layers, hidden {hidden}: FLOP floor {floor_s:.1f} s per epoch", flush=True)
+
     rows = []
 
     def add(name, seconds):

@@ -46,16 +46,20 @@ class CpuDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
+def dropout_slots(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Dropout]]:
+    """(parent, attribute name, module) of every ``nn.Dropout`` inside ``model``: the base
+    model's and peft's ``lora_dropout``."""
+    return [(parent, name, child) for parent in model.modules()
+            for name, child in parent.named_children() if type(child) is torch.nn.Dropout]
+
+
 def use_cpu_dropout(model: torch.nn.Module) -> int:
-    """Replace every ``nn.Dropout`` inside ``model`` (the base model's and peft's
-    ``lora_dropout``) with ``CpuDropout`` of the same p; returns how many. Dropout holds no
-    parameters or buffers, so state dicts and checkpoints are unchanged."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Dropout:
-                new = CpuDropout(child.p)
-                new.train(child.training)
-                setattr(parent, name, new)
-                swapped += 1
-    return swapped
+    """Replace every ``nn.Dropout`` inside ``model`` with ``CpuDropout`` of the same p; returns
+    how many. Dropout holds no parameters or buffers, so state dicts and checkpoints are
+    unchanged."""
+    slots = dropout_slots(model)
+    for parent, name, child in slots:
+        new = CpuDropout(child.p)
+        new.train(child.training)
+        setattr(parent, name, new)
+    return len(slots)
