@@ -183,8 +183,10 @@ def train_loop(
                 _step(params, optimizer, scheduler, grad_clip)
         if n_batches % grad_accum:  # the epoch's last, partial accumulation
             _step(params, optimizer, scheduler, grad_clip)
-        train_s = time.perf_counter() - t0
+        # .item() first: on a GPU it waits for the epoch's queued kernels, so train_s is the
+        # time the work took, not the time it took to queue it.
         train_loss = (loss_sum / max(n_batches, 1)).item()
+        train_s = time.perf_counter() - t0
         model.eval()
         if not math.isfinite(train_loss):
             # Diverged: the weights are garbage, so do not evaluate; end the trial with a
