@@ -91,6 +91,20 @@ def plain_trainable(config):
         tune.report({"epoch": epoch, "best_val_mcc": -abs(config["learning_rate"])})
 
 
+def floor_trainable(config, data, provenance):
+    """The least a Tune trial of a torch model can do: import torch (as the pickled function's
+    globals make the worker do), run the workload, report each epoch. No optimizer, no
+    checkpoint, no harness: the same Tuner around it (reused actors, Optuna, ASHA) gives the
+    floor that Tune and the imports set, below which no sweep code can go on this machine."""
+    from ray import tune
+
+    torch.nn.Linear(4, 2)
+    for epoch in range(1, config["max_epochs"] + 1):
+        spin(WORK_S)
+        tune.report({"epoch": epoch,
+                     "best_val_mcc": -abs(float(torch.log10(torch.tensor(config["learning_rate"]))) + 3)})
+
+
 def worker_import_s(repeats: int = 2) -> float:
     """Seconds a fresh interpreter takes to import what every trial worker imports before its
     first epoch ends: ray.tune (the function-trainable actor), torch, the trial harness, and
@@ -117,6 +131,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--skip-floor", action="store_true",
+                   help="leave out the bare-trainable run that measures Tune's own floor")
     args = p.parse_args()
 
     from search.cli import quiet_libraries
@@ -143,19 +159,25 @@ def main() -> None:
     wall = time.perf_counter() - t0
     rows.append(("Ray defaults", wall, count_epochs(storage / "defaults"), args.cpus))
 
-    # (b) ours: the sweep machinery every study uses.
-    study = Study("bench", ours_trainable, {"learning_rate": LogUniform(1e-5, 3e-3)}, TrialConfig,
-                  metric="best_val_mcc", mode="max", report_metric="val_mcc")
-    plan = SweepPlan(study=study, storage_path=storage, name="ours",
-                     space=study.space, fixed={"max_epochs": args.epochs, "seed": 0},
-                     num_samples=args.trials, max_epochs=args.epochs, grace_period=1,
-                     reduction_factor=2, seed=0, cpus_per_trial=1, gpus_per_trial=0,
-                     concurrency=args.cpus, retrain_top_k=0, retrain_seeds=1)
-    tuner = build_tuner(plan, data=None, provenance={"git_commit": "bench", "versions": ""})
-    t0 = time.perf_counter()
-    tuner.fit()
-    wall = time.perf_counter() - t0
-    rows.append(("ours (sweep machinery)", wall, count_epochs(storage / "ours"), args.cpus))
+    def machinery(name: str, label: str, trainable) -> None:
+        study = Study("bench", trainable, {"learning_rate": LogUniform(1e-5, 3e-3)}, TrialConfig,
+                      metric="best_val_mcc", mode="max", report_metric="val_mcc")
+        plan = SweepPlan(study=study, storage_path=storage, name=name,
+                         space=study.space, fixed={"max_epochs": args.epochs, "seed": 0},
+                         num_samples=args.trials, max_epochs=args.epochs, grace_period=1,
+                         reduction_factor=2, seed=0, cpus_per_trial=1, gpus_per_trial=0,
+                         concurrency=args.cpus, retrain_top_k=0, retrain_seeds=1)
+        tuner = build_tuner(plan, data=None, provenance={"git_commit": "bench", "versions": ""})
+        t0 = time.perf_counter()
+        tuner.fit()
+        wall = time.perf_counter() - t0
+        rows.append((label, wall, count_epochs(storage / name), args.cpus))
+
+    # (b) Tune's floor: our Tuner settings around a bare trainable (imports, workload, report).
+    if not args.skip_floor:
+        machinery("floor", "Tune floor (bare trial)", floor_trainable)
+    # (c) ours: the sweep machinery every study uses.
+    machinery("ours", "ours (sweep machinery)", ours_trainable)
     ray.shutdown()
 
     print(f"\n{'setup':<24} {'wall s':>8} {'trial-epochs':>13} {'ideal s':>8} {'wall/ideal':>11}")
