@@ -1,10 +1,14 @@
 """Every bad input exits 2 before Ray starts, names the flag/field, value and what is allowed,
-and writes nothing."""
+and writes nothing.
+
+The cases run the command's ``main`` in this process (``run_main``: the heavy imports are paid
+once, not once per case); one case (``too-many-gpus``, which must also exit at once) runs the
+script as a real process, so that the process exit code 2 is proven end to end."""
 import time
 
 import pytest
 
-from conftest import COLA_SCRIPT, run_cli
+from conftest import COLA_SCRIPT, run_cli, run_main
 
 GOOD = ["gj04\t1\t\tThe cat sat on the mat.", "gj04\t0\t*\tSat the on cat mat."] * 20
 
@@ -22,6 +26,8 @@ def data_dir(root, bad_line=None):
 
 
 # (case id, extra args or a function of tmp_path returning them, substrings of the message)
+# The one case run as a real process (see the module docstring).
+SUBPROCESS_CASE = "too-many-gpus"
 CASES = [
     ("lr-bound-negative", ["--space", "learning_rate=-1e-5:3e-3"], ["learning_rate", "-1e-05", "> 0"]),
     ("lr-bound-zero", ["--space", "learning_rate=0:1e-3"], ["learning_rate", "> 0"]),
@@ -49,7 +55,7 @@ def _args(case, tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_before_anything(case, tmp_path):
+def test_bad_input_exits_2_before_anything(case, tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("a file, not a directory")
     storage = tmp_path / "runs"
     args = ["--smoke-test", "--storage-path", str(storage)]
@@ -57,7 +63,10 @@ def test_bad_input_exits_2_before_anything(case, tmp_path):
     if "--storage-path" in extra:
         args = ["--smoke-test"]
     t0 = time.time()
-    r = run_cli(COLA_SCRIPT, args + extra, tmp_path, timeout=120)
+    if case[0] == SUBPROCESS_CASE:
+        r = run_cli(COLA_SCRIPT, args + extra, tmp_path, timeout=120)
+    else:
+        r = run_main(COLA_SCRIPT, args + extra, tmp_path, monkeypatch, capsys)
     elapsed = time.time() - t0
     msg = r.stderr
     assert r.returncode == 2, (r.returncode, r.stdout[-2000:], msg[-2000:])
@@ -69,12 +78,14 @@ def test_bad_input_exits_2_before_anything(case, tmp_path):
         assert elapsed < 10, elapsed
 
 
-def test_existing_experiment_needs_resume(tmp_path):
+def test_existing_experiment_needs_resume(tmp_path, monkeypatch, capsys):
     (tmp_path / "runs" / "cola_lora").mkdir(parents=True)
-    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--storage-path", str(tmp_path / "runs")], tmp_path)
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--storage-path", str(tmp_path / "runs")], tmp_path,
+                 monkeypatch, capsys)
     assert r.returncode == 2 and "already exists; pass --resume" in r.stderr
     assert list((tmp_path / "runs" / "cola_lora").iterdir()) == []
-    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--resume", "--storage-path", str(tmp_path / "x")], tmp_path)
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--resume", "--storage-path", str(tmp_path / "x")],
+                 tmp_path, monkeypatch, capsys)
     assert r.returncode == 2 and "--resume: no restorable experiment" in r.stderr
 
 

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, REPO, cli_env, run_cli
+from conftest import COLA_SCRIPT, REPO, cli_env, run_main
 
 AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -42,14 +42,16 @@ def keys(client, prefix: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sweep_to_s3_then_report_and_resume(s3, tmp_path):
+def test_sweep_to_s3_then_report_and_resume(s3, tmp_path, monkeypatch, capsys):
     query, client = s3
     uri = f"s3://sweeps/runs?{query}"
     mirror = tmp_path / "mirror"
     args = ["--smoke-test", "--storage-path", uri, "--local-mirror", mirror,
             "--num-samples", "3", "--max-epochs", "2", "--retrain-top-k", "1",
             "--retrain-seeds", "1"]
-    proc = run_cli(COLA_SCRIPT, list(map(str, args)), tmp_path, **AWS)
+    # The commands run in this process (run_main); Tune's trial workers are Ray's processes
+    # and reach the bucket on their own.
+    proc = run_main(COLA_SCRIPT, list(map(str, args)), tmp_path, monkeypatch, capsys, **AWS)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "s3://sweeps/runs/cola_lora" in proc.stdout  # the plan names the bucket
 
@@ -75,14 +77,14 @@ def test_sweep_to_s3_then_report_and_resume(s3, tmp_path):
     assert not list((mirror / "cola_lora").glob("trial_*/checkpoint_*"))
 
     # The same name again without --resume: refused, the bucket says it exists.
-    again = run_cli(COLA_SCRIPT, list(map(str, args)), tmp_path, **AWS)
+    again = run_main(COLA_SCRIPT, list(map(str, args)), tmp_path, monkeypatch, capsys, **AWS)
     assert again.returncode == 2 and "already exists" in again.stderr
 
     # Resume from another machine (an empty mirror): a finished sweep is read back, the
     # finished retrain is fetched and skipped.
     other = tmp_path / "other-mirror"
-    resumed = run_cli(COLA_SCRIPT, list(map(str, [*args[:4], other, *args[5:], "--resume"])),
-                      tmp_path, **AWS)
+    resumed = run_main(COLA_SCRIPT, list(map(str, [*args[:4], other, *args[5:], "--resume"])),
+                       tmp_path, monkeypatch, capsys, **AWS)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "1 already done, 0 to run" in resumed.stdout
     assert len(pd.read_csv(other / "cola_lora" / "trials.csv")) == 3
@@ -97,7 +99,8 @@ def test_sweep_to_s3_then_report_and_resume(s3, tmp_path):
     assert b"Leaderboard" in text or b"leaderboard" in text
 
 
-def test_bad_cloud_storage_exits_2_before_work(s3, tmp_path):
+def test_bad_cloud_storage_exits_2_before_work(s3, tmp_path, monkeypatch, capsys):
+    # In this process (run_main); the exit code of a real process is proven in test_bad_input.
     query, client = s3
     mirror = tmp_path / "mirror"
     cases = [
@@ -105,12 +108,14 @@ def test_bad_cloud_storage_exits_2_before_work(s3, tmp_path):
         ("nosuchscheme://bucket/runs", "not a storage URI"),
     ]
     for uri, why in cases:
-        proc = run_cli(COLA_SCRIPT, ["--smoke-test", "--storage-path", uri,
-                                     "--local-mirror", str(mirror)], tmp_path, **AWS)
+        proc = run_main(COLA_SCRIPT, ["--smoke-test", "--storage-path", uri,
+                                      "--local-mirror", str(mirror)], tmp_path, monkeypatch,
+                        capsys, **AWS)
         assert proc.returncode == 2, (uri, proc.stderr[-2000:])
         assert "--storage-path" in proc.stderr and why in proc.stderr, proc.stderr[-2000:]
         assert not proc.ray_started and not mirror.exists()
     # A mirror flag without cloud storage is a mistake, not silently ignored.
-    proc = run_cli(COLA_SCRIPT, ["--smoke-test", "--storage-path", str(tmp_path / "runs"),
-                                 "--local-mirror", str(mirror)], tmp_path, **AWS)
+    proc = run_main(COLA_SCRIPT, ["--smoke-test", "--storage-path", str(tmp_path / "runs"),
+                                  "--local-mirror", str(mirror)], tmp_path, monkeypatch, capsys,
+                    **AWS)
     assert proc.returncode == 2 and "--local-mirror" in proc.stderr

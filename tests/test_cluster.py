@@ -12,7 +12,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, ray_tmpdir
+from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_main
 
 
 @pytest.fixture
@@ -113,15 +113,33 @@ def test_fractional_gpus_run_eight_at_once(cluster_factory, tmp_path):
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans
 
 
+@pytest.fixture(scope="module")
+def joined_cluster(tmp_path_factory):
+    """A head and two 1-CPU workers, shared by the bad-input cases below: each only joins it
+    and leaves, which changes nothing in it. Its session files live in their own short temp
+    dir (the commands' RAY_TMPDIR is removed after each run)."""
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TMPDIR", str(ray_tmpdir(tmp_path_factory.mktemp("joined"))))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
 @pytest.mark.parametrize("case", ["missing-gpus", "local-storage-multinode", "no-cluster"])
-def test_cluster_bad_input(case, cluster_factory, tmp_path):
+def test_cluster_bad_input(case, request, tmp_path, monkeypatch, capsys):
+    # The command runs in this process (run_main): it joins the cluster (or fails to) and
+    # exits 2; the exit code of a real process is proven in test_bad_input.
     storage = tmp_path / "runs"
     if case == "no-cluster":
         address, extra = "127.0.0.1:1", []
         needles = ["--address '127.0.0.1:1'", "could not connect"]
     else:
-        cluster, _ = cluster_factory([{"num_cpus": 1}, {"num_cpus": 1}])
-        address = cluster.address
+        address = request.getfixturevalue("joined_cluster").address
         extra, needles = {
             "missing-gpus": (["--gpus", "2", "--storage-is-shared"],
                              ["--gpus 2", "asked for 2 GPUs, found 0 in the cluster"]),
@@ -129,9 +147,9 @@ def test_cluster_bad_input(case, cluster_factory, tmp_path):
                                              "3 nodes", "--storage-is-shared"]),
         }[case]
     t0 = time.time()
-    proc = start(["--smoke-test", "--address", address, "--storage-path", storage, *extra],
-                 tmp_path)
-    out = proc.communicate(timeout=180)[0]
+    proc = run_main(COLA_SCRIPT, ["--smoke-test", "--address", address, "--storage-path",
+                                  *map(str, [storage, *extra])], tmp_path, monkeypatch, capsys)
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-2000:]
     for n in needles:
         assert n in out, (n, out[-2000:])

@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, run_cli
+from conftest import COLA_SCRIPT, cli_env, run_main
 from search.sweep import trial_statuses
 
 
@@ -36,7 +36,7 @@ def wait_for(cond, proc, timeout=400):
 
 
 @pytest.mark.slow
-def test_driver_killed_in_sweep_and_in_retrain(tmp_path):
+def test_driver_killed_in_sweep_and_in_retrain(tmp_path, monkeypatch, capsys):
     import optuna
 
     storage = tmp_path / "runs"
@@ -59,8 +59,9 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path):
     hard_kill(proc)
     assert len(list((exp / "retrained").glob("*/metrics.json"))) < 4
 
-    # 3. --resume finishes what is missing.
-    r = run_cli(COLA_SCRIPT, args + ["--resume"], tmp_path)
+    # 3. --resume finishes what is missing. (The killed drivers were real processes; this one
+    # runs in this process, see run_main.)
+    r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials = pd.read_csv(exp / "trials.csv")
     # (a SIGKILL can leave a folder of a trial started after Tune's last state snapshot;
@@ -83,12 +84,13 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_trial_ends_alone(tmp_path):
+def test_nan_trial_ends_alone(tmp_path, monkeypatch, capsys):
     storage = tmp_path / "runs"
-    # An absurd learning rate next to a sane one: the absurd trials diverge.
-    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--space", "learning_rate=1e-2,1e30",
-                              "--num-samples", "6", "--retrain-top-k", "1", "--retrain-seeds", "1",
-                              "--storage-path", str(storage)], tmp_path)
+    # An absurd learning rate next to a sane one: the absurd trials diverge. (The command runs
+    # in this process, see run_main; its trials run in Ray's worker processes as always.)
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--space", "learning_rate=1e-2,1e30",
+                               "--num-samples", "6", "--retrain-top-k", "1", "--retrain-seeds", "1",
+                               "--storage-path", str(storage)], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials = pd.read_csv(storage / "cola_lora" / "trials.csv")
     failed = trials[trials["status"] == "FAILED"]

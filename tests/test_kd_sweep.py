@@ -1,10 +1,11 @@
-"""The distillation study end to end (real Ray, Optuna, ASHA), and its bad inputs."""
+"""The distillation study end to end (real Ray, Optuna, ASHA), and its bad inputs (run in this
+process by ``run_main``, except ``no-teacher``, run as a real process: exit code 2 end to end)."""
 import math
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 KD_SCRIPT = REPO / "search" / "cola_kd.py"
 
@@ -64,7 +65,8 @@ def other_tokenizer(tmp_path_factory):
 
 @pytest.mark.parametrize("case", ["missing-teacher", "three-labels", "fraction", "temperature",
                                   "hidden-size", "tokenizer-mismatch", "no-teacher"])
-def test_kd_bad_input(case, tmp_path, three_label_teacher, other_tokenizer, tiny_model):
+def test_kd_bad_input(case, tmp_path, three_label_teacher, other_tokenizer, tiny_model,
+                      monkeypatch, capsys):
     storage = tmp_path / "runs"
     args, needles = {
         "missing-teacher": (["--teacher", str(tmp_path / "nope")], ["--teacher", "no such directory"]),
@@ -84,7 +86,11 @@ def test_kd_bad_input(case, tmp_path, three_label_teacher, other_tokenizer, tiny
         AutoTokenizer.from_pretrained(tiny_model).save_pretrained(t2)
         args = ["--teacher", str(t2), "--tokenizer", other_tokenizer]
         needles = ["--tokenizer", "is not the teacher's"]
-    r = run_cli(KD_SCRIPT, args + ["--storage-path", str(storage)], tmp_path, timeout=180)
+    if case == "no-teacher":
+        r = run_cli(KD_SCRIPT, args + ["--storage-path", str(storage)], tmp_path, timeout=180)
+    else:
+        r = run_main(KD_SCRIPT, args + ["--storage-path", str(storage)], tmp_path, monkeypatch,
+                     capsys)
     assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
     for n in needles:
         assert n in r.stderr, (n, r.stderr)

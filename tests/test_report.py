@@ -11,25 +11,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import COLA_SCRIPT, REPO, run_cli
+from conftest import REPO
 
 SECTIONS = ["## cola_lora", "### Header", "### Leaderboard", "### Learning curves",
             "### Hyperparameters", "### Parallel coordinates", "### Importance", "### Retrain"]
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
-    """A CoLA LoRA smoke sweep and a summarization (prompt tuning) smoke sweep."""
-    tmp = tmp_path_factory.mktemp("sweeps")
-    storage = tmp / "runs"
-    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--num-samples", "6", "--retrain-top-k", "1",
-                              "--storage-path", str(storage)], tmp, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    r = run_cli(REPO / "search" / "cnndm_summarize.py",
-                ["--smoke-test", "--method", "prompt", "--num-samples", "3", "--storage-path",
-                 str(storage)], tmp, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return storage
+def sweeps(smoke_storage, cola_smoke, cnndm_prompt_smoke):
+    """A CoLA LoRA smoke sweep (6 trials, 2 configurations retrained with 2 seeds) and a
+    summarization (prompt tuning, 3 trials) smoke sweep: the session's, shared with
+    test_smoke_sweep and test_summarize_sweep (conftest)."""
+    for r in (cola_smoke, cnndm_prompt_smoke):
+        assert r.returncode == 0, r.stderr[-2000:]
+    return smoke_storage
 
 
 def report(args, cwd):

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_cli
+from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_main
 from search.sweep import trial_statuses
 
 
@@ -19,7 +19,7 @@ def checkpointed_last_epoch(exp, max_epochs):
 
 
 @pytest.mark.slow
-def test_interrupt_then_resume(tmp_path, shared_cola):
+def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     storage = tmp_path / "runs"
     exp = storage / "resume"
     args = ["--smoke-test", "--data-dir", str(shared_cola), "--max-train-samples", "2000",
@@ -48,7 +48,9 @@ def test_interrupt_then_resume(tmp_path, shared_cola):
     assert 1 <= len(before) < 8, statuses
     assert not (exp / "retrain.csv").exists()
 
-    r = run_cli(COLA_SCRIPT, args + ["--resume"], tmp_path)
+    # The interrupted driver was a real process (SIGINT); the resumes run in this process
+    # (run_main), as the script would run them.
+    r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 8 and len(list(exp.glob("trial_*"))) == 8
@@ -59,7 +61,7 @@ def test_interrupt_then_resume(tmp_path, shared_cola):
     assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1
 
     # Rerunning after the retrain finished skips it.
-    r = run_cli(COLA_SCRIPT, args + ["--resume"], tmp_path)
+    r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 already done, 0 to run" in r.stdout
     assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1

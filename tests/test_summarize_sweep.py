@@ -1,11 +1,13 @@
-"""The summarization study end to end (real Ray, Optuna TPE, ASHA, peft), and its bad inputs."""
+"""The summarization study end to end (real Ray, Optuna TPE, ASHA, peft), and its bad inputs
+(run in this process by ``run_main``; the offline-hub case runs as a real process: exit code 2
+end to end, with the hub libraries imported under HF_HUB_OFFLINE as a user's command has them)."""
 import json
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 SCRIPT = REPO / "search" / "cnndm_summarize.py"
 SHARED_CNNDM = REPO.parent / "shared" / "data" / "cnn_dailymail"
@@ -22,10 +24,11 @@ def cnndm_dir():
 
 
 @pytest.mark.slow
-def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir):
+def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir, monkeypatch, capsys):
     storage = tmp_path / "runs"
-    r = run_cli(SCRIPT, ["--smoke-test", "--method", "all", "--data-dir", str(cnndm_dir),
-                         "--storage-path", str(storage)], tmp_path, timeout=900)
+    # In this process (run_main); test_smoke_without_data's sweep is the real process.
+    r = run_main(SCRIPT, ["--smoke-test", "--method", "all", "--data-dir", str(cnndm_dir),
+                          "--storage-path", str(storage)], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "80 train / 10 validation" in r.stdout  # the 100-article sample, split 80/10/10
     for method, hp in (("prompt", "num_virtual_tokens"), ("lora", "lora_r"),
@@ -64,10 +67,11 @@ def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir):
 
 
 @pytest.mark.slow
-def test_smoke_without_data(tmp_path):
-    storage = tmp_path / "runs"
-    r = run_cli(SCRIPT, ["--smoke-test", "--method", "prompt", "--num-samples", "2",
-                         "--storage-path", str(storage)], tmp_path, timeout=600)
+def test_smoke_without_data(cnndm_prompt_smoke, smoke_storage):
+    # `--smoke-test --method prompt --num-samples 3`: the session's sweep, which test_report
+    # also reads
+    storage = smoke_storage
+    r = cnndm_prompt_smoke
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "generated template articles" in r.stdout
     runs = pd.read_csv(storage / "cnndm-prompt" / "retrain_runs.csv")
@@ -102,11 +106,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_summarize_bad_input(case, tmp_path):
+def test_summarize_bad_input(case, tmp_path, monkeypatch, capsys):
     storage = tmp_path / "runs"
     make_args, needles = CASES[case]
-    r = run_cli(SCRIPT, ["--smoke-test", *make_args(tmp_path), "--storage-path", str(storage)],
-                tmp_path, timeout=180)
+    r = run_main(SCRIPT, ["--smoke-test", *make_args(tmp_path), "--storage-path", str(storage)],
+                 tmp_path, monkeypatch, capsys)
     assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
     for n in needles:
         assert n in r.stderr, (n, r.stderr)
