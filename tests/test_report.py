@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,8 +29,24 @@ def sweeps(smoke_storage, cola_smoke, cnndm_prompt_smoke):
 
 
 def report(args, cwd):
+    """``python -m results report ARGS`` as a real process."""
     return subprocess.run([sys.executable, "-m", "results", "report", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def report_here(args, capsys):
+    """The same command's ``main`` in this process (pandas, matplotlib and Optuna are imported
+    once, not once per report): exit code and captured output, as ``report`` gives them. The
+    real process runs in test_not_an_experiment here and in test_cloud_storage."""
+    from results.__main__ import main
+
+    capsys.readouterr()
+    try:
+        code = main(["report", *map(str, args)])
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 def non_trivial(png):
@@ -37,10 +54,10 @@ def non_trivial(png):
     return img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 10 and (img < 128).mean() > 0.005
 
 
-def test_report_of_one_sweep(sweeps, tmp_path):
+def test_report_of_one_sweep(sweeps, tmp_path, capsys):
     exp = sweeps / "cola_lora"
     out = tmp_path / "rep"
-    r = report([exp, "--out", out, "--strict"], tmp_path)
+    r = report_here([exp, "--out", out, "--strict"], capsys)
     assert r.returncode == 0, r.stderr
     md = (out / "report.md").read_text()
     for s in SECTIONS:
@@ -79,9 +96,9 @@ def test_optuna_study_persists_in_sqlite(sweeps):
     assert sorted(len(t.intermediate_values) for t in done) == sorted(trials["epochs_run"] - 1)
 
 
-def test_side_by_side(sweeps, tmp_path):
+def test_side_by_side(sweeps, tmp_path, capsys):
     out = tmp_path / "both"
-    r = report([sweeps / "cola_lora", sweeps / "cnndm-prompt", "--out", out], tmp_path)
+    r = report_here([sweeps / "cola_lora", sweeps / "cnndm-prompt", "--out", out], capsys)
     assert r.returncode == 0, r.stderr
     md = (out / "report.md").read_text()
     side = md.split("## Side by side")[1].split("## cola_lora")[0]
@@ -92,7 +109,7 @@ def test_side_by_side(sweeps, tmp_path):
     assert "num_virtual_tokens" in prompt
 
 
-def test_damaged_directory(sweeps, tmp_path):
+def test_damaged_directory(sweeps, tmp_path, capsys):
     exp = tmp_path / "cola_lora"
     shutil.copytree(sweeps / "cola_lora", exp, ignore=shutil.ignore_patterns("report"))
     trial_dirs = sorted(d for d in exp.iterdir() if d.name.startswith("trial_"))
@@ -106,7 +123,7 @@ def test_damaged_directory(sweeps, tmp_path):
     for f in exp.glob("experiment_state-*.json"):
         f.unlink()
     out = tmp_path / "rep"
-    r = report([exp, "--out", out], tmp_path)
+    r = report_here([exp, "--out", out], capsys)
     assert r.returncode == 0, r.stderr
     md = (out / "report.md").read_text()
     assert "unreadable line dropped" in md and f"{res}:{len(lines)}" in md
@@ -120,7 +137,7 @@ def test_damaged_directory(sweeps, tmp_path):
 
     e = load_experiment(exp)
     assert (e.epochs["trial_id"] == trial_dirs[0].name.removeprefix("trial_")).sum() == n_before - 1
-    strict = report([exp, "--out", tmp_path / "rep2", "--strict"], tmp_path)
+    strict = report_here([exp, "--out", tmp_path / "rep2", "--strict"], capsys)
     assert strict.returncode == 1 and "problem(s) found" in strict.stderr
 
 

@@ -1,4 +1,6 @@
-"""Integration: the real command, a real local Ray, real Optuna TPE and ASHA, real peft."""
+"""Integration: the real command, a real local Ray, real Optuna TPE and ASHA, real peft. The
+sweep without data runs the script as a process (the session's, shared with test_report); the
+one on the real CoLA slice runs its ``main`` in this process (``run_main``)."""
 import json
 
 import pandas as pd
@@ -44,7 +46,7 @@ def check_experiment(exp, out, num_samples, retrain_rows):
 
 @pytest.mark.slow
 def test_smoke_sweep_without_data(cola_smoke, smoke_storage):
-    # `--smoke-test` as the README runs it; the session's sweep, which test_report also reads
+    # `--smoke-test` as the README runs it: the session's sweep, which test_report also reads
     r = cola_smoke
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "generated acceptability set" in r.stdout
@@ -53,7 +55,6 @@ def test_smoke_sweep_without_data(cola_smoke, smoke_storage):
 
 @pytest.mark.slow
 def test_smoke_sweep_on_real_cola_slice(tmp_path, shared_cola, monkeypatch, capsys):
-    # In this process (run_main); the sweep above is the real process.
     r = run_main(COLA_SCRIPT, ["--smoke-test", "--data-dir", str(shared_cola), "--name", "real",
                                "--storage-path", str(tmp_path / "runs")], tmp_path, monkeypatch,
                  capsys)
