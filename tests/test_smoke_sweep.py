@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main
 
 TRIAL_COLUMNS = {"trial_id", "config/learning_rate", "config/lora_r", "config/lora_alpha",
                  "config/lora_dropout", "config/batch_size", "config/weight_decay",
@@ -46,7 +46,8 @@ def check_experiment(exp, out, num_samples, retrain_rows):
 
 @pytest.mark.slow
 def test_smoke_sweep_without_data(cola_smoke, smoke_storage):
-    # `--smoke-test` as the README runs it: the session's sweep, which test_report also reads
+    # `--smoke-test` as the README runs it (one trial at a time): the session's sweep, which
+    # test_report also reads
     r = cola_smoke
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "generated acceptability set" in r.stdout
@@ -55,9 +56,10 @@ def test_smoke_sweep_without_data(cola_smoke, smoke_storage):
 
 @pytest.mark.slow
 def test_smoke_sweep_on_real_cola_slice(tmp_path, shared_cola, monkeypatch, capsys):
-    r = run_main(COLA_SCRIPT, ["--smoke-test", "--data-dir", str(shared_cola), "--name", "real",
-                               "--storage-path", str(tmp_path / "runs")], tmp_path, monkeypatch,
-                 capsys)
+    # one trial at a time: the same ASHA stops in every run (see conftest.cola_smoke)
+    r = run_main(COLA_SCRIPT, ["--smoke-test", *SMOKE_SERIAL, "--data-dir", str(shared_cola),
+                               "--name", "real", "--storage-path", str(tmp_path / "runs")],
+                 tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "NYU CoLA 1.1" in r.stdout and "1043 dev" in r.stdout
     check_experiment(tmp_path / "runs" / "real", r.stdout, num_samples=6, retrain_rows=4)
