@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """How much wall time does the sweep machinery add around the training itself?
 
-16 trials x 3 epochs of a fixed 1-second CPU workload on 2 CPUs, run twice side by side:
-(a) a plain Tuner with Ray's defaults around the same function trainable, (b) our machinery
+16 trials x 3 epochs of a fixed 1-second CPU workload on 2 CPUs, run three times in one Ray
+session: (a) a plain Tuner with Ray's defaults around the same function trainable, (b) Tune's
+floor, our Tuner settings around a bare trial (import torch, work, report), (c) our machinery
 (``search.sweep.build_tuner`` + the shared trial harness with its per-epoch checkpoints,
 Optuna TPE, ASHA). Prints wall / ideal for each, ideal = trial-epochs x 1 s / concurrency; wall is
-``Tuner.fit()`` alone (Ray is started once, before both).
+``Tuner.fit()`` alone (Ray is started once, before all three).
 
 Where ours still loses time (timestamps in the driver and the trial workers, 2 CPUs): ~5.3 s
 from ``fit()`` to the first trial's start, on workers Ray started at ``ray.init`` (the driver's
@@ -28,6 +29,7 @@ logs), as both import at once beside the driver, which makes the practical bound
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -53,6 +55,11 @@ def spin(seconds: float) -> None:
             x += i * i
 
 
+def score(learning_rate: float) -> float:
+    """The trials' metric: lr-dependent, so that ASHA and TPE have something to rank."""
+    return -abs(math.log10(learning_rate) + 3)
+
+
 def bench_setup(cfg, data, device) -> TrialSetup:
     model = torch.nn.Linear(4, 2)
     batch = {"x": torch.randn(8, 4), "y": torch.randint(0, 2, (8,))}
@@ -62,8 +69,7 @@ def bench_setup(cfg, data, device) -> TrialSetup:
         return torch.nn.functional.cross_entropy(m(b["x"]), b["y"])
 
     def evaluate(m):
-        # lr-dependent so ASHA and TPE have something to rank
-        return {"val_mcc": float(-abs(torch.log10(torch.tensor(cfg.learning_rate)) + 3))}
+        return {"val_mcc": score(cfg.learning_rate)}
 
     return TrialSetup(model=model, loss_fn=loss_fn, train_batches=lambda e: [batch],
                       steps_per_epoch=1, evaluate=evaluate, best_metric="val_mcc", mode="max",
@@ -101,8 +107,7 @@ def floor_trainable(config, data, provenance):
     torch.nn.Linear(4, 2)
     for epoch in range(1, config["max_epochs"] + 1):
         spin(WORK_S)
-        tune.report({"epoch": epoch,
-                     "best_val_mcc": -abs(float(torch.log10(torch.tensor(config["learning_rate"]))) + 3)})
+        tune.report({"epoch": epoch, "best_val_mcc": score(config["learning_rate"])})
 
 
 def worker_import_s(repeats: int = 2) -> float:

@@ -50,14 +50,14 @@ def smoke_storage(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cola_smoke(smoke_storage):
-    """The CoLA LoRA smoke sweep as the README runs it, one trial at a time (``--smoke-test``:
-    6 trials x 3 epochs, top 2 retrained with 2 seeds), run once for every test that reads it (test_smoke_sweep,
+    """The CoLA LoRA smoke sweep as the README runs it (``--smoke-test``: 6 trials x 3 epochs,
+    top 2 retrained with 2 seeds), run once for every test that reads it (test_smoke_sweep,
     test_report). The tests check its exit code and read only.
 
-    ``--cpus-per-trial 2`` (SMOKE_SERIAL): one trial at a time. ASHA's decisions depend on the
-    order in which trials reach a rung, and TPE's later suggestions on the order in which
-    trials end; two trials side by side race for both, and 1 run in 6 ASHA stopped nothing.
-    One at a time, the suggestions, metrics and stops are the same in every run (~6 s more)."""
+    SMOKE_SERIAL runs one trial at a time. ASHA's decisions depend on the order in which trials
+    reach a rung, and TPE's later suggestions on the order in which trials end; two trials side
+    by side race for both, and 1 run in 6 ASHA stopped nothing. One at a time, the
+    suggestions, metrics and stops are the same in every run (~6 s more)."""
     return run_cli(COLA_SCRIPT,
                    ["--smoke-test", *SMOKE_SERIAL, "--storage-path", str(smoke_storage)],
                    smoke_storage.parent, timeout=600)
