@@ -11,7 +11,16 @@ import torch.nn.functional as F
 from models.batching import classification_batches, length_sorted
 from models.cola_data import ColaData
 from models.loop import autocast, to_device
-from models.metrics import classification_metrics
+from models.metrics import classification_metrics, probability_metrics
+
+
+# What a sweep may rank trials on besides MCC (best-so-far of each is reported): continuous
+# scores that differ between two trials which both predict the majority class.
+SWEEP_TRACK = {"val_loss": "min", "val_accuracy": "max", "val_soft_mcc": "max", "val_auc": "max"}
+
+
+def stage_track(stage: str) -> dict | None:
+    return SWEEP_TRACK if stage == "sweep" else None
 
 
 def stage_splits(data: ColaData, stage: str) -> tuple[str, dict[str, str], str]:
@@ -34,7 +43,8 @@ def make_evaluator(data: ColaData, evals: dict[str, str], *,
                    reference: Callable[[str], np.ndarray] | None = None
                    ) -> Callable[[torch.nn.Module], dict]:
     """``forward(model, batch) -> logits [B, 2]``. Returns evaluate(model) -> flat metrics:
-    ``<prefix>_loss``, ``_accuracy``, ``_mcc`` per split, and ``_agreement`` (share of equal
+    ``<prefix>_loss``, ``_accuracy``, ``_mcc``, ``_soft_mcc`` and ``_auc`` per split, and
+    ``_agreement`` (share of equal
     predictions) when ``reference(split)`` gives another model's predictions (the teacher's).
     Batches are length-sorted (no gradients, so larger than training's) and the logits put
     back in the split's order."""
@@ -57,7 +67,9 @@ def make_evaluator(data: ColaData, evals: dict[str, str], *,
             y = torch.tensor(labels, device=logits.device)
             out[f"{prefix}_loss"] = F.cross_entropy(logits, y).item()
             preds = logits.argmax(-1).cpu().numpy()
-            for k, v in classification_metrics(np.asarray(labels), preds).items():
+            p1 = logits.softmax(-1)[:, 1].cpu().numpy()
+            for k, v in {**classification_metrics(np.asarray(labels), preds),
+                         **probability_metrics(np.asarray(labels), p1)}.items():
                 out[f"{prefix}_{k}"] = v
             if prefix in refs:
                 out[f"{prefix}_agreement"] = float((preds == refs[prefix]).mean())

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from models.batching import classification_batches
-from models.classify import make_evaluator, stage_splits
+from models.classify import make_evaluator, stage_splits, stage_track
 from models.cola_data import ColaData
 from models.config import TrialConfig, require
 from models.hf import count_parameters
@@ -120,7 +120,7 @@ def setup(cfg: ColaKDConfig, data: KDData, device) -> TrialSetup:
         evaluate=make_evaluator(cola, evals, forward=_forward, device=device,
                                 reference=lambda s: data.teacher_logits(s).argmax(-1)),
         best_metric=metric, mode="max", save_weights=save, load_weights=load,
-        info=count_parameters(model),
+        info=count_parameters(model), track=stage_track(cfg.stage),
     )
 
 

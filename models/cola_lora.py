@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.batching import classification_batches
-from models.classify import make_evaluator, stage_splits
+from models.classify import make_evaluator, stage_splits, stage_track
 from models.cola_data import ColaData
 from models.config import TrialConfig
 from models.hf import count_parameters, load_sequence_classifier
@@ -69,7 +69,7 @@ def setup(cfg: ColaLoraConfig, data: ColaData, device) -> TrialSetup:
         steps_per_epoch=-(-len(ids) // cfg.batch_size),
         evaluate=make_evaluator(data, evals, forward=_forward, device=device),
         best_metric=metric, mode="max", save_weights=save, load_weights=load,
-        info=count_parameters(model),
+        info=count_parameters(model), track=stage_track(cfg.stage),
     )
 
 

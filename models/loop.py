@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -31,6 +31,8 @@ class LoopState:
     # CPU copies of the trainable parameters at the best epoch (only with keep_best): put
     # back into the model when training ends, so the final model is the best one.
     best_params: dict | None = None
+    # Best-so-far of the other tracked evaluation metrics (``track``), by name.
+    bests: dict = field(default_factory=dict)
 
 
 def is_cuda(device) -> bool:
@@ -145,6 +147,7 @@ def train_loop(
     grad_accum: int = 1,
     patience: int | None = None,
     keep_best: bool = False,
+    track: dict[str, str] | None = None,
 ) -> LoopState:
     """Train from ``state.epoch + 1`` to ``max_epochs``; after each epoch evaluate and call
     ``report(metrics, state)`` with train_loss, the evaluation's metrics,
@@ -211,6 +214,12 @@ def train_loop(
         state.train_s_total += train_s
         peak = memory.peak_mb()
         state.peak_mem_mb = max(state.peak_mem_mb, peak)
+        for name, direction in (track or {}).items():
+            if name != best_metric:
+                value = metrics.get(name, float("nan"))
+                if better(value, state.bests.get(name), direction):
+                    state.bests[name] = value
+                metrics[f"best_{name}"] = state.bests.get(name, float("nan"))
         metrics.update({
             "train_loss": train_loss,
             f"best_{best_metric}": state.best if state.best is not None else float("nan"),
@@ -261,3 +270,5 @@ class TrialSetup:
     # Run once after training (retrains): e.g. generation metrics too costly for every epoch.
     # Its metrics are reported in one more row, with the final model's checkpoint.
     final_evaluate: Callable[[torch.nn.Module], dict] | None = None
+    # Other evaluation metrics whose best-so-far is reported ({name: "max" or "min"}).
+    track: dict | None = None

@@ -4,7 +4,7 @@ Adding a study (or a summarization method) means adding its model module and its
 one entry here."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from models import (cola_kd, cola_lora, summarize_last_layers, summarize_lora,
@@ -28,20 +28,36 @@ class Study:
     report_metric: str  # what retrains are reported on (held-out split)
     report_columns: str = COLA_REPORT  # regex: retrain columns summarised as mean ± sd
     report_split: str = "GLUE dev"  # where retrains are reported, in words
+    # --metric NAME -> (result key, mode): what the searcher and the scheduler may rank trials
+    # on; the first is the default. Retrain selection always uses ``metric``.
+    search_metrics: dict = field(default_factory=dict)
+
+    @property
+    def default_search_metric(self) -> str:
+        return next(iter(self.search_metrics), "")
+
+
+# CoLA: MCC is 0 for every classifier that predicts one class, so early rungs of a sweep are
+# ties; the probability-based scores separate such trials (see README, "Choosing --metric").
+COLA_SEARCH = {"soft_mcc": ("best_val_soft_mcc", "max"), "mcc": ("best_val_mcc", "max"),
+               "auc": ("best_val_auc", "max"), "loss": ("best_val_loss", "min")}
+CNNDM_SEARCH = {"loss": ("best_val_loss", "min")}
 
 
 def _cnndm(method: str, module, config_cls, space) -> Study:
     return Study(f"cnndm_{method}", module.trainable, space, config_cls,
                  metric="best_val_loss", mode="min", report_metric="test_loss",
-                 report_columns=CNNDM_REPORT, report_split="the test split")
+                 report_columns=CNNDM_REPORT, report_split="the test split",
+                 search_metrics=CNNDM_SEARCH)
 
 
 STUDIES: dict[str, Study] = {
     "cola_lora": Study("cola_lora", cola_lora.trainable, cola_lora_space.SPACE,
                        cola_lora.ColaLoraConfig, metric="best_val_mcc", mode="max",
-                       report_metric="dev_mcc"),
+                       report_metric="dev_mcc", search_metrics=COLA_SEARCH),
     "cola_kd": Study("cola_kd", cola_kd.trainable, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
-                     metric="best_val_mcc", mode="max", report_metric="dev_mcc"),
+                     metric="best_val_mcc", mode="max", report_metric="dev_mcc",
+                     search_metrics=COLA_SEARCH),
     "cnndm_prompt": _cnndm("prompt", summarize_prompt, summarize_prompt.SumPromptConfig,
                            cnndm_space.PROMPT),
     "cnndm_lora": _cnndm("lora", summarize_lora, summarize_lora.SumLoraConfig,

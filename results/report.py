@@ -72,6 +72,20 @@ def baseline_row(exp: Experiment) -> dict | None:
             "dev_accuracy": base.get("dev_accuracy")}
 
 
+def _search(record: dict, fixed: dict) -> str:
+    """The searcher, its seed and the scheduler, as the sweep recorded them (experiments from
+    before the choice existed ran Optuna TPE + ASHA)."""
+    if record.get("search"):
+        return record["search"]
+    return (f"Optuna TPE (seed {fixed.get('seed', '?')}) + ASHA (grace "
+            f"{record.get('grace_period', '?')}, reduction {record.get('reduction_factor', '?')})")
+
+
+def _stopper(record: dict) -> str:
+    return {"asha": "ASHA", "hyperband": "HyperBand", "median": "the median rule",
+            "none": "nothing"}.get(record.get("scheduler", "asha"), "the scheduler")
+
+
 def header(exp: Experiment) -> str:
     r, t = exp.record, exp.trials
     finished = int((t.get("status") == "TERMINATED").sum()) if "status" in t else 0
@@ -81,13 +95,13 @@ def header(exp: Experiment) -> str:
         f"- **study**: {exp.study} — metric `{exp.metric}` ({exp.mode})",
         f"- **model**: {r.get('model', fixed.get('model', 'unknown'))}",
         f"- **data**: {r.get('data', 'unknown')}" + (f" — {r['rows']}" if r.get("rows") else ""),
-        f"- **budget**: {len(t)} trials ({finished} ran to the end, {stopped} stopped by ASHA), "
+        f"- **budget**: {len(t)} trials ({finished} ran to the end, {stopped} stopped by "
+        f"{_stopper(r)}), "
         f"{len(exp.epochs)} trial-epochs, wall time {_duration(exp.span_s)}"
         + (f", {exp.gpu_hours:.2f} GPU-hours ({r.get('gpus_per_trial')} GPU per trial)"
            if exp.gpu_hours else ", CPU only" if not r.get("gpus") else ""),
-        f"- **search**: Optuna TPE (seed {fixed.get('seed', '?')}) + ASHA (grace "
-        f"{r.get('grace_period', '?')}, reduction {r.get('reduction_factor', '?')}, max "
-        f"{r.get('max_epochs', fixed.get('max_epochs', '?'))} epochs), "
+        f"- **search**: {_search(r, fixed)}, "
+        f"max {r.get('max_epochs', fixed.get('max_epochs', '?'))} epochs, "
         f"{r.get('concurrency', '?')} trials at a time",
         f"- **command**: `{r.get('command', 'unknown')}`",
         f"- **git commit**: `{r.get('git_commit', 'unknown')}`",

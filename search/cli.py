@@ -22,6 +22,8 @@ from typing import Callable
 from models.errors import ConfigError, InputError
 from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
                              pull_tune_files, push_own_files)
+from search.algorithms import DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS, describe, resolve
+from search.warm_start import check_study, warm_start_points
 from spaces.dims import Choice, Fixed, LogUniform, Uniform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -90,10 +92,27 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("search")
     g.add_argument("--num-samples", type=positive_int, default=None, help="trials")
     g.add_argument("--max-epochs", type=positive_int, default=None, help="epochs per trial")
+    g.add_argument("--searcher", choices=sorted(SEARCHERS), default=DEFAULT_SEARCHER,
+                   help="what proposes configurations: " + "; ".join(
+                       f"{k}: {a.label}" for k, a in SEARCHERS.items()))
+    g.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+                   help="what stops weak trials early (default asha; hyperband with --searcher "
+                        "bohb, which needs it): " + "; ".join(
+                            f"{k}: {a.label}" for k, a in SCHEDULERS.items()))
+    g.add_argument("--metric", default=None,
+                   help="what the searcher and the scheduler rank trials on (best so far on the "
+                        "selection split); CoLA: soft_mcc (default), mcc, auc or loss; "
+                        "summarization: loss. Retrain selection and reported figures stay MCC "
+                        "and accuracy (summarization: loss)")
     g.add_argument("--grace-period", type=positive_int, default=1,
-                   help="ASHA: epochs before a trial may be stopped")
+                   help="ASHA and the median rule: epochs before a trial may be stopped")
     g.add_argument("--reduction-factor", type=positive_float, default=2.0,
-                   help="ASHA: keep the top 1/factor at each rung (> 1)")
+                   help="ASHA and HyperBand: keep the top 1/factor at each rung (> 1)")
+    g.add_argument("--warm-start", default=None, metavar="EXPERIMENT_DIR",
+                   help="evaluate the best configurations of an earlier experiment of the same "
+                        "study first (they must lie inside the current space)")
+    g.add_argument("--warm-start-top", type=positive_int, default=3, metavar="K",
+                   help="with --warm-start: how many of its best configurations")
     g.add_argument("--seed", type=int, default=0, help="seed of the searcher, the split and the trials")
     g.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
                    help="override one search dimension: lo:hi (a range, same scale), "
@@ -415,6 +434,15 @@ def _check_resources(args) -> Resources:
     return res
 
 
+def search_metric(study, name: str | None) -> tuple[str, str]:
+    """--metric NAME -> (result key, mode) for ``study``."""
+    name = name or study.default_search_metric
+    if name not in study.search_metrics:
+        raise InputError(f"--metric {name}: not offered by the {study.name} study; allowed: "
+                         f"{', '.join(study.search_metrics)}")
+    return study.search_metrics[name]
+
+
 def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
     name = exp_dir.name
     where = display(remote, exp_dir.parent, name)
@@ -459,8 +487,13 @@ def _run(study_name, args, prepare, variants) -> int:
     else:
         storage = check_storage(args.storage_path)
     check_optuna_storage(args.optuna_storage)
+    searcher, scheduler = resolve(args.searcher, args.scheduler)
     name = args.name or study_name
     chosen = variants(args)
+    search_metrics = {v.study: search_metric(get_study(v.study), args.metric)
+                      for v in chosen.values()}
+    warm_study = (check_study(args.warm_start, list(search_metrics))
+                  if args.warm_start and not args.resume else None)
     names = {suffix: name + suffix for suffix in chosen}
     for n in names.values():
         _check_experiment_dir(storage / n, args.resume, remote)
@@ -488,7 +521,13 @@ def _run(study_name, args, prepare, variants) -> int:
                      "group_by_length": not args.no_length_grouping}
             fixed = {k: v for k, v in fixed.items() if k not in space and k in fields}
             validate_space(space, study.config_cls, fixed)
+            points = (warm_start_points(args.warm_start, study.metric, study.mode, space,
+                                        args.warm_start_top)
+                      if study.name == warm_study else [])
+            metric, mode = search_metrics[study.name]
             plans.append(sweep.SweepPlan(
+                searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
+                warm_start=points, node_cpus=0 if res.address else cpus,
                 study=study, storage_path=storage, name=names[suffix], space=space, fixed=fixed,
                 num_samples=args.num_samples, max_epochs=args.max_epochs,
                 grace_period=args.grace_period, reduction_factor=args.reduction_factor,
@@ -522,6 +561,11 @@ def _run(study_name, args, prepare, variants) -> int:
             record = {"study": plan.study.name, "group": name,
                       "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
                       "metric": plan.study.metric, "mode": plan.study.mode,
+                      "searcher": plan.searcher, "scheduler": plan.scheduler,
+                      "search_seed": plan.seed, "search": describe(plan),
+                      "search_metric": plan.metric, "search_mode": plan.mode,
+                      "warm_start": ({"from": str(args.warm_start), "points": plan.warm_start}
+                                     if plan.warm_start else None),
                       "space": {k: v.describe() for k, v in plan.space.items()},
                       "fixed": plan.fixed, "num_samples": plan.num_samples,
                       "concurrency": concurrency, "gpus": gpus, "gpus_per_trial": gpus_per_trial,
@@ -557,8 +601,8 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     from search import sweep
 
     t0 = time.time()
-    sweep.build_tuner(plan, prepared.data, prov).fit()
-    finished, statuses = sweep.sweep_finished(plan)
+    grid = sweep.build_tuner(plan, prepared.data, prov).fit()
+    finished, statuses = sweep.sweep_finished(plan, grid)
     if plan.remote is not None:  # the tables are built from Tune's files
         pull_tune_files(plan.remote, plan.name, plan.exp_dir)
     trials, _ = write_tables(plan, known=set(statuses))
@@ -605,6 +649,12 @@ def write_tables(plan, known: set[str] | None = None):
     trials = trial_frame(plan.exp_dir, metric=plan.study.metric, mode=plan.study.mode,
                          records=records)
     epochs = epoch_frame(plan.exp_dir, records=records)
+    # Which search produced these rows, beside the swept values.
+    for frame in (trials, epochs):
+        if len(frame):
+            frame.insert(1, "searcher", plan.searcher)
+            frame.insert(2, "scheduler", plan.scheduler)
+            frame.insert(3, "search_seed", plan.seed)
     trials.to_csv(plan.exp_dir / "trials.csv", index=False)
     epochs.to_csv(plan.exp_dir / "epochs.csv", index=False)
     return trials, epochs
@@ -621,9 +671,10 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
              *(f"   {k}: {v}" for k, v in prepared.describe.items()),
              f"   resources: {where}; {plan.concurrency} trials at a time; a failed trial is "
              f"retried up to {plan.max_failures} times from its last checkpoint",
-             f"   search: {plan.num_samples} trials x up to {plan.max_epochs} epochs, Optuna TPE "
-             f"(seed {plan.seed}), ASHA on {plan.study.metric} ({plan.study.mode}), grace "
-             f"{plan.grace_period}, reduction {plan.reduction_factor:g}",
+             f"   search: {plan.num_samples} trials x up to {plan.max_epochs} epochs, "
+             f"{describe(plan)}; retrain picks by {plan.study.metric}",
+             *([f"   warm start: {len(plan.warm_start)} configurations evaluated first"]
+               if plan.warm_start else []),
              *(f"   {k}: {v.describe()}" for k, v in plan.space.items()),
              f"   retrain: top {plan.retrain_top_k} x {plan.retrain_seeds} seeds"]
     print("\n".join(lines), flush=True)
@@ -634,7 +685,9 @@ def print_leaderboard(plan, trials, wall_s: float) -> None:
 
     n_stopped = int(trials["stopped_early"].sum()) if "stopped_early" in trials else 0
     failed = trials[trials["status"] == "FAILED"] if "status" in trials else trials.iloc[0:0]
-    print(f"\n== Leaderboard ({len(trials)} trials, {n_stopped} stopped early by ASHA, "
+    stops = (f"{n_stopped} stopped early by {SCHEDULERS[plan.scheduler].label}"
+             if plan.scheduler != "none" else "no scheduler")
+    print(f"\n== Leaderboard ({len(trials)} trials, {stops}, "
           f"{len(failed)} failed, {wall_s:.0f} s) — {plan.study.metric} on the selection split",
           flush=True)
     for _, t in failed.iterrows():

@@ -1,5 +1,6 @@
-"""The sweep machinery every study shares: search space -> Tune domains, the Tuner (Optuna TPE
-under a concurrency limit + ASHA), resume, and the seeded retrain of the best configurations.
+"""The sweep machinery every study shares: search space -> Tune domains, the Tuner (the chosen
+searcher under a concurrency limit + the chosen scheduler, ``search.algorithms``), resume, and
+the seeded retrain of the best configurations.
 
 Nothing here knows a particular study: the study comes from ``models.registry``."""
 from __future__ import annotations
@@ -8,7 +9,7 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,20 @@ class SweepPlan:
     # Cloud storage (results.storage.Remote) Tune writes to; storage_path is then the driver's
     # local mirror of it.
     remote: object | None = None
+    searcher: str = "tpe"  # a name in search.algorithms.SEARCHERS
+    scheduler: str = "asha"  # a name in search.algorithms.SCHEDULERS
+    # What the searcher and the scheduler rank trials on (a best-so-far result key) and its
+    # direction; "" = the study's selection metric. Retrain selection always uses the study's.
+    metric: str = ""
+    mode: str = ""
+    warm_start: list = field(default_factory=list)  # configurations evaluated first
+    total_cpus: int = 0  # CPUs for trials; retrains with fewer jobs than slots share them out
+    node_cpus: int = 0  # CPUs of the one machine (0: a cluster, where a job stays on one node)
+
+    def __post_init__(self):
+        self.metric = self.metric or self.study.metric
+        self.mode = self.mode or self.study.mode
+        self.total_cpus = self.total_cpus or int(self.cpus_per_trial * self.concurrency)
 
     @property
     def exp_dir(self) -> Path:
@@ -86,15 +101,15 @@ def _param_space(plan: SweepPlan) -> dict:
     space = {k: to_tune(v) for k, v in plan.space.items()}
     # "_metric": so that a trial that fails before training can still report the metric (NaN).
     return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in plan.fixed.items()},
-            "_metric": plan.study.metric, **space}
+            "_metric": plan.metric, **space}
 
 
-def _wrapped_trainable(plan: SweepPlan, data, provenance: dict):
+def _wrapped_trainable(plan: SweepPlan, data, provenance: dict, resources: dict | None = None):
     from ray import tune
 
     fn = plan.study.trainable
     return tune.with_resources(tune.with_parameters(fn, data=data, provenance=provenance),
-                               plan.resources)
+                               resources or plan.resources)
 
 
 def _reporter(metrics: list[str], params: list[str]):
@@ -113,17 +128,17 @@ def _storage(plan: SweepPlan, *parts: str) -> dict:
 
 
 def _run_config(plan: SweepPlan, name: str, parts: tuple = (), *, keep: int, score: str | None,
-                reporter=None, callbacks=None):
+                reporter=None, callbacks=None, stop=None, verbose: int = 1):
     from ray import tune
 
     return tune.RunConfig(
         progress_reporter=reporter,
         name=name, **_storage(plan, *parts),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=score,
-                                                checkpoint_score_order=plan.study.mode),
+                                                checkpoint_score_order=plan.mode),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=callbacks,
-        verbose=1,
+        callbacks=callbacks, stop=stop,
+        verbose=verbose,
     )
 
 
@@ -131,39 +146,38 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(plan: SweepPlan, data, provenance: dict):
-    """A new Tuner, or the interrupted one restored when ``plan.resume``."""
-    import optuna
+def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks=(),
+                verbose: int = 1):
+    """A new Tuner, or the interrupted one restored when ``plan.resume``. ``stop`` (a Tune
+    stopper) and ``callbacks`` are for callers that watch or cut a sweep (the benchmarks)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
+
+    from search.algorithms import build_scheduler, build_searcher
 
     trainable = _wrapped_trainable(plan, data, provenance)
     if plan.resume:
-        # Finished trials are kept; searcher and scheduler state come back from the
+        # Finished trials are kept; the searcher's state and ASHA's rungs come back from the
         # experiment checkpoint, so the total stays num_samples.
         where = _storage(plan, plan.name)
         return tune.Tuner.restore(where["storage_path"], trainable=trainable,
                                   storage_filesystem=where.get("storage_filesystem"),
                                   resume_unfinished=True, resume_errored=True)
-    metric, mode = plan.study.metric, plan.study.mode
-    # TPE's default of 10 random start-up trials would leave small sweeps entirely random;
-    # a third of the budget (2..10) is random, the rest is modelled.
-    startup = max(2, min(10, plan.num_samples // 3))
     if plan.optuna_storage is None:
         plan.exp_dir.mkdir(parents=True, exist_ok=True)  # the sqlite file lives there
-    # The study persists in an RDB (sqlite in the experiment dir by default), so that
+    # The Optuna study persists in an RDB (sqlite in the experiment dir by default), so that
     # optuna-dashboard and the report can open it; Tune still drives it.
-    searcher = OptunaSearch(metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(
-        seed=plan.seed, n_startup_trials=startup),
-        storage=optuna.storages.RDBStorage(plan.optuna_url), study_name=plan.optuna_study_name)
-    scheduler = ASHAScheduler(time_attr="epoch", metric=metric, mode=mode,
-                              max_t=plan.max_epochs, grace_period=plan.grace_period,
-                              reduction_factor=plan.reduction_factor)
-    run_config = _run_config(plan, plan.name, keep=2,
-                             score=metric.removeprefix("best_"),
-                             reporter=_reporter(["epoch", metric], list(plan.space)))
+    searcher = build_searcher(plan, plan.warm_start)
+    scheduler = build_scheduler(plan)
+    callbacks = list(callbacks)
+    if hasattr(scheduler, "state"):  # ASHA: its rungs are saved with the experiment
+        from search.resumable_asha import RungState
+
+        callbacks.append(RungState(scheduler))
+    metrics = list(dict.fromkeys(["epoch", plan.metric, plan.study.metric]))
+    run_config = _run_config(plan, plan.name, keep=2, score=plan.metric.removeprefix("best_"),
+                             reporter=_reporter(metrics, list(plan.space)) if verbose else None,
+                             callbacks=callbacks, stop=stop, verbose=verbose)
     return tune.Tuner(
         trainable, param_space=_param_space(plan),
         tune_config=tune.TuneConfig(
@@ -183,9 +197,17 @@ def trial_statuses(exp_dir, storage_filesystem=None) -> dict[str, str]:
     return {t.trial_id: t.status for t in analysis.trials}
 
 
-def sweep_finished(plan: SweepPlan) -> tuple[bool, dict[str, str]]:
-    where = _storage(plan, plan.name)
-    statuses = trial_statuses(where["storage_path"], where.get("storage_filesystem"))
+def sweep_finished(plan: SweepPlan, grid=None) -> tuple[bool, dict[str, str]]:
+    """Whether every trial ended, and each trial's status. ``grid``: what ``Tuner.fit``
+    returned, whose trials are the driver's own; their statuses are the ones to trust, since
+    the last experiment snapshot can still show a trial that HyperBand paused and then
+    finished as PAUSED. Without it, the snapshot is read."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    if analysis is not None and getattr(analysis, "trials", None):
+        statuses = {t.trial_id: t.status for t in analysis.trials}
+    else:
+        where = _storage(plan, plan.name)
+        statuses = trial_statuses(where["storage_path"], where.get("storage_filesystem"))
     done = sum(s in ("TERMINATED", "ERROR") for s in statuses.values())
     return done >= plan.num_samples, statuses
 
@@ -271,11 +293,15 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
     # With cloud storage, each saved job also goes to the bucket at once.
     push = (None if plan.remote is None else
             lambda job_dir: plan.remote.push(job_dir, plan.name, RETRAIN_DIR, job_dir.name))
+    threads = retrain_threads(plan, len(pending))
+    for j in pending:
+        j["num_threads"] = threads
     print(f"[retrain] {len(jobs)} jobs ({plan.retrain_top_k} configs x {plan.retrain_seeds} seeds), "
-          f"{len(jobs) - len(pending)} already done, {len(pending)} to run", flush=True)
+          f"{len(jobs) - len(pending)} already done, {len(pending)} to run"
+          + (f", {threads} CPUs each" if pending else ""), flush=True)
     if pending:
         tuner = tune.Tuner(
-            _wrapped_trainable(plan, data, provenance),
+            _wrapped_trainable(plan, data, provenance, {**plan.resources, "cpu": threads}),
             # One grid point per job; the trial harness unwraps config["job"].
             param_space={"job": tune.grid_search([{k: (list(v) if isinstance(v, tuple) else v)
                                                    for k, v in j.items()} for j in pending])},
@@ -292,6 +318,15 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
         print(f"[retrain] not finished: {', '.join(missing)}; rerun the same command with "
               "--resume to finish them", flush=True)
     return retrain_frame(out_root, list(plan.space)), not missing
+
+
+def retrain_threads(plan: SweepPlan, jobs: int) -> int:
+    """CPUs (and torch threads) per retrain job: the sweep's per-trial share, or, when fewer
+    jobs than trial slots are left on one machine, the slots' CPUs shared out among them (a
+    single job on a 2-CPU machine gets both)."""
+    if not plan.node_cpus or jobs < 1 or jobs >= plan.concurrency:
+        return int(plan.cpus_per_trial)
+    return max(int(plan.cpus_per_trial), min(plan.node_cpus, plan.total_cpus) // jobs)
 
 
 # Result keys that are bookkeeping, not measurements of the retrained model.

@@ -89,11 +89,10 @@ def test_optuna_study_persists_in_sqlite(sweeps):
     study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
     trials = pd.read_csv(exp / "trials.csv")
     assert len(study.trials) == len(trials) == 6
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 6
-    # Tune hands a trial's last result to the searcher as its final value, every earlier epoch
-    # as an intermediate one (an ASHA stop after epoch 1 leaves none).
-    assert sorted(len(t.intermediate_values) for t in done) == sorted(trials["epochs_run"] - 1)
+    # Every trial ended in Optuna as it ended in Tune (states in detail:
+    # test_search_choice.test_stopped_trials_are_pruned_in_optuna).
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               for t in study.trials)
 
 
 def test_side_by_side(sweeps, tmp_path, capsys):
