@@ -107,7 +107,7 @@ def _callbacks(budget: int):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.rows.append({"trial_id": trial.trial_id, "epoch": result.get("epoch"),
-                              "val_mcc": result.get("val_mcc")})
+                              "val_mcc": result.get("val_mcc"), "val_auc": result.get("val_auc")})
 
     return Budget(), Record()
 
@@ -200,6 +200,13 @@ def summarize(runs, budget: int, n_repeats: int) -> float:
         print(f"  {searcher:>6} + {scheduler:<9} {g['best_so_far'].mean():.4f} ± "
               f"{g['best_so_far'].std(ddof=1) if len(g) > 1 else float('nan'):.4f}  "
               f"({trials:.1f} trials)")
+    ref = runs[(runs.searcher == REFERENCE[0]) & (runs.scheduler == REFERENCE[1])]
+    first = ref[ref["epoch"] == 1]
+    print(f"\nthe space (random search's trials): {(first['val_mcc'] != 0).mean():.2f} left "
+          f"majority-class predictions by epoch 1, "
+          f"{ref.groupby(['seed', 'trial_id'])['val_mcc'].agg(lambda v: (v != 0).any()).mean():.2f}"
+          f" by their last "
+          f"epoch (n = {len(first)} trials)")
     target = by_pair[REFERENCE]["mean"].iloc[-1] - TOLERANCE
     print(f"\nrandom search's mean final best: {target + TOLERANCE:.4f}; "
           f"target (within {TOLERANCE}): {target:.4f}")

@@ -39,8 +39,8 @@ class Study:
 
 # CoLA: MCC is 0 for every classifier that predicts one class, so early rungs of a sweep are
 # ties; the probability-based scores separate such trials (see README, "Choosing --metric").
-COLA_SEARCH = {"soft_mcc": ("best_val_soft_mcc", "max"), "mcc": ("best_val_mcc", "max"),
-               "auc": ("best_val_auc", "max"), "loss": ("best_val_loss", "min")}
+COLA_SEARCH = {"auc": ("best_val_auc", "max"), "soft_mcc": ("best_val_soft_mcc", "max"),
+               "mcc": ("best_val_mcc", "max"), "loss": ("best_val_loss", "min")}
 CNNDM_SEARCH = {"loss": ("best_val_loss", "min")}
 
 

@@ -38,7 +38,8 @@ def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> l
 def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, *, metric: str,
                     rungs: list[int] | None = None):
     """Every trial's per-epoch metric on one axis. Trials that ran to the end are solid and
-    coloured; ASHA-stopped trials are grey and dashed, ending in an x; rungs are dotted."""
+    coloured; trials the scheduler stopped are grey and dashed, ending in an x; ASHA's rungs
+    (when given) are dotted."""
     plt = _plt()
     col = per_epoch_metric(metric)
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -64,7 +65,7 @@ def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, *, metric: str,
     ax.set_ylabel(col)
     ax.set_xticks(sorted(epochs["epoch"].unique()))
     ax.set_title(f"{col} per epoch: {len(finished)} trials ran to the end (colour), "
-                 f"{len(stopped)} stopped by ASHA (grey, x)", fontsize=9)
+                 f"{len(stopped)} stopped early (grey, x)", fontsize=9)
     if 0 < len(finished) <= 10:
         ax.legend(fontsize=7, title="trial", title_fontsize=7, loc="best")
     fig.tight_layout()
@@ -151,7 +152,7 @@ def hyperparameter_panels(trials: pd.DataFrame, space: dict, *, metric: str, mod
         stopped = ok.get("stopped_early", pd.Series(False, index=ok.index)).astype(bool)
         ax.scatter(x[~stopped], ok.loc[~stopped, metric], s=22, label="ran to the end")
         ax.scatter(x[stopped], ok.loc[stopped, metric], s=22, marker="x", color="0.5",
-                   label="stopped by ASHA")
+                   label="stopped early")
         ax.scatter(bx, best[metric], s=120, facecolors="none", edgecolors="red", lw=1.5)
         title = name + ("  (log)" if isinstance(dim, LogUniform) else "")
         if name in flags:

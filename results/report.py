@@ -146,7 +146,7 @@ def headline(exp: Experiment) -> dict:
     """One row of the side-by-side table."""
     t = exp.trials
     row = {"experiment": exp.name, "study": exp.study, "trials": len(t),
-           "stopped by ASHA": int(t["stopped_early"].sum()) if "stopped_early" in t else 0,
+           "stopped early": int(t["stopped_early"].sum()) if "stopped_early" in t else 0,
            f"best {exp.metric}": (t[exp.metric].iloc[0] if exp.metric in t and len(t) else
                                   float("nan")),
            "trainable params": (int(t["trainable_params"].iloc[0])
@@ -176,7 +176,8 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
     rungs = asha_rungs(int(exp.record.get("max_epochs") or (exp.epochs["epoch"].max()
                                                             if "epoch" in exp.epochs else 1)),
                        int(exp.record.get("grace_period") or 1),
-                       float(exp.record.get("reduction_factor") or 2))
+                       float(exp.record.get("reduction_factor") or 2)) \
+        if exp.record.get("scheduler", "asha") == "asha" else []
     name = _save(learning_curves(exp.epochs, exp.trials, metric=exp.metric, rungs=rungs),
                  out / f"{prefix}learning_curves.png")
     parts += ["\n### Learning curves\n", f"![learning curves]({name})\n"]
@@ -209,7 +210,7 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
     if len(imp):
         name = _save(importance_bar(imp), out / f"{prefix}importance.png")
         parts += [f"fANOVA importance over {int(exp.trials[exp.metric].notna().sum())} trials' "
-                  f"`{exp.metric}` (ASHA-stopped trials count with the value they reached), "
+                  f"`{exp.metric}` (trials stopped early count with the value they reached), "
                   "from an Optuna study rebuilt from the results.\n", _md(imp),
                   f"\n![importance]({name})\n"]
     else:

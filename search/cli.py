@@ -101,7 +101,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                             f"{k}: {a.label}" for k, a in SCHEDULERS.items()))
     g.add_argument("--metric", default=None,
                    help="what the searcher and the scheduler rank trials on (best so far on the "
-                        "selection split); CoLA: soft_mcc (default), mcc, auc or loss; "
+                        "selection split); CoLA: auc (default), soft_mcc, mcc or loss; "
                         "summarization: loss. Retrain selection and reported figures stay MCC "
                         "and accuracy (summarization: loss)")
     g.add_argument("--grace-period", type=positive_int, default=1,

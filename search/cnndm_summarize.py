@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """CNN/DailyMail summarization sweep: GPT-2 adapted by soft-prompt tuning, LoRA, or training
-only its last blocks. Optuna TPE + ASHA sweep each method on the validation split's eval loss
-(summary tokens only); the best configuration of each method is retrained with seeds, stopped
-early on validation loss and reported on the test split: eval loss, ROUGE-1/2/L of greedy
-summaries, trainable parameters, time per epoch, peak memory. ``--method all`` compares the
-three in one table and one bar chart per metric.
+only its last blocks. A searcher and a scheduler (Optuna TPE + ASHA by default) sweep each
+method on the validation split's eval loss (summary tokens only); the best configuration of
+each method is retrained with seeds, stopped early on validation loss and reported on the
+test split: eval loss, ROUGE-1/2/L of greedy summaries, trainable parameters, time per epoch,
+peak memory. ``--method all`` compares the three in one table and one bar chart per metric.
 
     python search/cnndm_summarize.py --method all --gpus 4                  # hub gpt2 + hub data
     python search/cnndm_summarize.py --method lora --data-dir DIR --model PATH  # offline

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """CoLA distillation sweep: a fine-tuned teacher distils into a GRU student (embedding -> GRU
--> linear). Optuna TPE + ASHA sweep learning rate, kd_fraction, kd_temperature, student size
-and batch size on best-so-far MCC of a held-out slice of the training set; the best are
+-> linear). A searcher and a scheduler (Optuna TPE + ASHA by default) sweep learning rate,
+kd_fraction, kd_temperature, student size and batch size on a held-out slice of the training
+set; the best by MCC there are
 retrained with seeds and compared on GLUE dev with the same student trained from scratch.
 
     python search/cola_kd.py --teacher DIR --gpus 4 --with-baseline

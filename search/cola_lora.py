@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """CoLA + LoRA sweep: GPT-2 (or any HF model with a sequence-classification head) fine-tuned
-with peft LoRA on CoLA; Optuna TPE proposes, ASHA stops weak trials on best-so-far MCC of a
-held-out slice of the training set; the best configurations are retrained with several seeds
-and reported on GLUE dev (accuracy and MCC, in-domain and out-of-domain apart).
+with peft LoRA on CoLA; a searcher proposes (Optuna TPE by default), a scheduler stops weak
+trials (ASHA by default), ranking them on a held-out slice of the training set; the best
+configurations by MCC there are retrained with several seeds and reported on GLUE dev
+(accuracy and MCC, in-domain and out-of-domain apart).
 
     python search/cola_lora.py --gpus 4                       # hub gpt2 + hub GLUE CoLA
     python search/cola_lora.py --data-dir DIR --model PATH    # offline

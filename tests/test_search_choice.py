@@ -36,11 +36,11 @@ def test_each_searcher_and_scheduler(searcher, scheduler, tmp_path, monkeypatch,
     record = json.loads((exp / "experiment.json").read_text())
     assert (record["searcher"], record["scheduler"], record["search_seed"]) == \
         (searcher, scheduler, 0)
-    assert record["search_metric"] == "best_val_soft_mcc"
+    assert record["search_metric"] == "best_val_auc"
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 3
     assert (trials["searcher"] == searcher).all() and (trials["scheduler"] == scheduler).all()
-    assert "best_val_soft_mcc" in pd.read_csv(exp / "epochs.csv")
+    assert "best_val_auc" in pd.read_csv(exp / "epochs.csv")
     if scheduler == "none":
         assert (trials["epochs_run"] == 2).all() and not trials["stopped_early"].any()
     if searcher == "bohb":
@@ -72,7 +72,7 @@ def test_stopped_trials_are_pruned_in_optuna(cola_smoke, smoke_storage):
     assert len(complete) == int((~trials["stopped_early"]).sum())
     stopped_at = sorted(trials.loc[trials["stopped_early"], "epochs_run"])
     assert sorted(max(t.intermediate_values) for t in pruned) == stopped_at
-    finals = epochs[epochs["epoch"] == 3]["best_val_soft_mcc"]
+    finals = epochs[epochs["epoch"] == 3]["best_val_auc"]
     assert sorted(t.value for t in complete) == pytest.approx(sorted(finals))
     for t in ot:  # one value per epoch, epochs 1..n
         assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
@@ -118,7 +118,7 @@ BAD = [
     ("bohb-without-hyperband", lambda t: ["--searcher", "bohb", "--scheduler", "asha"],
      ["--searcher bohb", "--scheduler asha", "--scheduler hyperband"]),
     ("metric-not-offered", lambda t: ["--metric", "rouge"],
-     ["--metric rouge", "soft_mcc, mcc, auc, loss"]),
+     ["--metric rouge", "auc, soft_mcc, mcc, loss"]),
     ("warm-start-not-an-experiment", lambda t: ["--warm-start", str(t)],
      ["--warm-start", "not an experiment directory"]),
     ("warm-start-other-study", lambda t: ["--warm-start", fake_experiment(t, study="cola_kd")],
@@ -152,3 +152,19 @@ def test_retrain_uses_idle_cpus():
     assert retrain_threads(big, 3) == 5
     cluster = SimpleNamespace(node_cpus=0, total_cpus=64, concurrency=64, cpus_per_trial=1)
     assert retrain_threads(cluster, 1) == 1  # a job stays on one node of a cluster
+
+
+def test_missing_searcher_package_names_the_extra(monkeypatch):
+    """--searcher bohb without hpbandster/ConfigSpace: exit 2 naming the extra to install (the
+    packages are installed here, so the check is pointed at a module that does not exist)."""
+    from dataclasses import replace
+
+    from models.errors import InputError
+    from search import algorithms
+
+    monkeypatch.setitem(algorithms.SEARCHERS, "bohb", replace(
+        algorithms.SEARCHERS["bohb"], needs=("no_such_module_for_bohb",)))
+    with pytest.raises(InputError, match=r"--searcher bohb: needs no_such_module_for_bohb.*"
+                                         r"pip install -e '\.\[bohb\]'"):
+        algorithms.resolve("bohb", None)
+    assert algorithms.resolve("tpe", None) == ("tpe", "asha")
