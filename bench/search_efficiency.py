@@ -92,14 +92,16 @@ def _callbacks(budget: int):
 
     class Budget(tune.Stopper):
         def __init__(self):
-            self.seen = 0
+            # (trial, epoch) pairs: Tune also passes a finished function trial's closing
+            # result through the stopper, which is no epoch of training.
+            self.seen = set()
 
         def __call__(self, trial_id, result):
-            self.seen += 1
+            self.seen.add((trial_id, result.get("epoch")))
             return False
 
         def stop_all(self):
-            return self.seen >= budget
+            return len(self.seen) >= budget
 
     class Record(tune.Callback):
         def __init__(self):

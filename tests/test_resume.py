@@ -13,9 +13,9 @@ from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_main
 from search.sweep import trial_statuses
 
 
-def checkpointed_last_epoch(exp, max_epochs):
-    """Trials that wrote their last epoch's checkpoint (written as each epoch is reported)."""
-    return [d for d in exp.glob("trial_*") if (d / f"checkpoint_{max_epochs - 1:06d}").is_dir()]
+def started(exp):
+    """Trial folders (Tune makes one as each trial starts)."""
+    return list(exp.glob("trial_*"))
 
 
 @pytest.mark.slow
@@ -30,7 +30,9 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 400
-        while len(checkpointed_last_epoch(exp, 3)) < 2 and proc.poll() is None and time.time() < deadline:
+        # Two trials at a time: once a fourth trial folder exists, at least two trials have
+        # ended (run to the end or stopped by ASHA, which on a continuous metric stops most).
+        while len(started(exp)) < 4 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, "sweep ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)

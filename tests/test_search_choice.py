@@ -52,8 +52,14 @@ def test_each_searcher_and_scheduler(searcher, scheduler, tmp_path, monkeypatch,
     states = [t.state for t in ot]
     assert len(ot) == 3 and set(states) <= {optuna.trial.TrialState.COMPLETE,
                                             optuna.trial.TrialState.PRUNED}, states
-    assert states.count(optuna.trial.TrialState.PRUNED) == int(trials["stopped_early"].sum())
-    assert sorted(len(t.intermediate_values) for t in ot) == sorted(trials["epochs_run"])
+    # Every PRUNED trial is one Tune stopped early. (Not always the converse with two trials
+    # side by side: Tune can hand the searcher a stopped trial's next epoch, already in flight
+    # when the stop was decided, that it never logs; the serial sweep below checks both ways.)
+    pruned = sorted(len(t.intermediate_values) for t in ot
+                    if t.state == optuna.trial.TrialState.PRUNED)
+    assert len(pruned) <= int(trials["stopped_early"].sum())
+    assert all(n < 2 for n in pruned)
+    assert all(len(t.intermediate_values) >= 1 for t in ot)
 
 
 @pytest.mark.slow
@@ -168,3 +174,25 @@ def test_missing_searcher_package_names_the_extra(monkeypatch):
                                          r"pip install -e '\.\[bohb\]'"):
         algorithms.resolve("bohb", None)
     assert algorithms.resolve("tpe", None) == ("tpe", "asha")
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_recorded_search(cola_smoke, smoke_storage, tmp_path, monkeypatch,
+                                          capsys):
+    """--resume with another --searcher/--scheduler/--metric than the experiment was started
+    with exits 2 naming the flag and the recorded value (a copy of the session's sweep)."""
+    import shutil
+
+    assert cola_smoke.returncode == 0
+    storage = tmp_path / "runs"
+    shutil.copytree(smoke_storage / "cola_lora", storage / "cola_lora")
+    before = sorted(p.name for p in (storage / "cola_lora").iterdir())
+    for flag, value, recorded in (("--searcher", "random", "'tpe'"),
+                                  ("--scheduler", "median", "'asha'"),
+                                  ("--metric", "loss", "'best_val_auc'")):
+        r = run_main(COLA_SCRIPT, ["--smoke-test", "--resume", flag, value,
+                                   "--storage-path", str(storage)], tmp_path, monkeypatch, capsys)
+        assert r.returncode == 2, (r.stdout[-2000:], r.stderr[-2000:])
+        assert f"{flag} {value}" in r.stderr and recorded in r.stderr, r.stderr
+        assert not r.ray_started
+    assert sorted(p.name for p in (storage / "cola_lora").iterdir()) == before
