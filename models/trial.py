@@ -117,7 +117,8 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             s.load_weights(d)
-            saved = torch.load(Path(d) / TRAINER_STATE, weights_only=False)
+            # Tensors, dicts and numbers only: nothing on shared storage runs as code.
+            saved = torch.load(Path(d) / TRAINER_STATE, weights_only=True)
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
             state = LoopState(**saved["loop"])
