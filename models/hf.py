@@ -54,7 +54,12 @@ def _looks_like_path(name: str) -> bool:
 
 
 def resolve_model(name: str, flag: str = "--model") -> str:
-    """Return a loadable name or path, or raise InputError naming the flag and value."""
+    """Return a loadable name or path, or raise InputError naming the flag and value. A GGUF
+    file is converted once into a cached model directory, whose path is returned."""
+    from models.gguf import convert, is_gguf
+
+    if is_gguf(name):
+        return convert(name, flag=flag)
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():

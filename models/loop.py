@@ -35,6 +35,11 @@ class LoopState:
     bests: dict = field(default_factory=dict)
 
 
+# A key of a final evaluation's metrics: {file name: text} written beside the final weights
+# (the retrain's generated summaries), not reported as a metric.
+FILES = "_files"
+
+
 def is_cuda(device) -> bool:
     return torch.device(device).type == "cuda"
 

@@ -6,6 +6,14 @@ from models.config import require
 # The four matrices the reference adapts in every GPT-2 block: attention c_attn and c_proj,
 # MLP c_fc and c_proj (peft matches "c_proj" in both places by suffix).
 GPT2_TARGET_MODULES = ("c_attn", "c_proj", "c_fc")
+# Llama-style decoders (Llama, Mistral, Qwen2; SmolLM2 is a Llama): likewise every attention
+# and MLP projection. peft's own default for them is q_proj and v_proj only; adapting every
+# linear layer is what QLoRA (Dettmers et al., 2023) found necessary to match full fine-tuning,
+# and it keeps the GPT-2 and Llama studies comparable.
+LLAMA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                        "down_proj")
+DEFAULT_TARGETS = {"gpt2": GPT2_TARGET_MODULES, "llama": LLAMA_TARGET_MODULES,
+                   "mistral": LLAMA_TARGET_MODULES, "qwen2": LLAMA_TARGET_MODULES}
 
 
 def validate_lora_fields(cfg) -> None:
@@ -22,7 +30,8 @@ def validate_lora_fields(cfg) -> None:
 def lora_targets(model, target_modules):
     if target_modules:
         return "all-linear" if tuple(target_modules) == ("all-linear",) else list(target_modules)
-    return list(GPT2_TARGET_MODULES) if model.config.model_type == "gpt2" else None
+    default = DEFAULT_TARGETS.get(model.config.model_type)
+    return list(default) if default else None  # None: peft's own default for the type
 
 
 def add_lora(base, cfg, task_type: str):

@@ -19,10 +19,11 @@ import torch
 from models.cnndm_data import IGNORE, SumData, lm_batches, prompt_batches
 from models.config import TrialConfig, require
 from models.hf import count_parameters
-from models.loop import TrialSetup
+from models.loop import FILES, TrialSetup
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"  # non-peft methods: the trained tensors only
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+SUMMARIES = "summaries.jsonl"  # beside the retrained weights: generated and reference texts
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,22 @@ class SummarizeConfig(TrialConfig):
     max_epochs: int = 10
     grad_accum: int = 1  # micro-batches per optimizer step
     patience: int = 2  # epochs without a better eval loss before the trial stops
+    # Decoding of the retrained model's test summaries, as CNN/DM summarization work does it:
+    # beam search, no repeated trigram, a minimum length (greedy decoding loops on a small LM).
+    num_beams: int = 4
+    no_repeat_ngram_size: int = 3
+    min_summary_tokens: int = 8
+    # Recompute each block's activations in the backward pass: less memory, ~30 % more time.
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         super().validate()
+        for name in ("num_beams", "no_repeat_ngram_size", "min_summary_tokens"):
+            low = 1 if name == "num_beams" else 0
+            require(isinstance(getattr(self, name), int) and getattr(self, name) >= low, name,
+                    getattr(self, name), f"must be an integer >= {low}")
+        require(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing",
+                self.gradient_checkpointing, "must be true or false")
         require(isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum",
                 self.grad_accum, "must be an integer >= 1")
         require(isinstance(self.patience, int) and self.patience >= 1, "patience",
@@ -49,8 +63,19 @@ def load_causal_lm(name: str, *, pad_token_id: int):
     return model
 
 
-def _loss(model, batch):
-    return model(**batch).loss
+def summary_loss(model, batch) -> torch.Tensor:
+    """Mean next-token cross-entropy over the summary tokens, as ``model(**batch).loss``
+    computes it, but with the LM head applied only from the first position whose next token
+    is a summary token. The head's logits [B, L, vocab] in float32 are the largest tensor of a
+    step (SmolLM2: 49,152 numbers a position); the article positions never reach the loss."""
+    labels = batch["labels"]  # [B, L], IGNORE on article, separator and padding
+    bearing = (labels != IGNORE).any(0).nonzero()
+    first = int(bearing[0]) if len(bearing) else labels.shape[1] - 1  # >= 1: an article token
+    keep = labels.shape[1] - first + 1  # positions first-1 .. L-1
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=keep).logits[:, -keep:-1]  # [B, keep-1, V]
+    return torch.nn.functional.cross_entropy(
+        logits.float().flatten(0, 1), labels[:, first:].flatten(), ignore_index=IGNORE)
 
 
 def token_weighted_loss(model, examples, *, batch_size: int, pad_id: int, device) -> float:
@@ -68,16 +93,27 @@ def token_weighted_loss(model, examples, *, batch_size: int, pad_id: int, device
         n = int((batch["labels"][:, 1:] != IGNORE).sum())  # host tensor: no device sync
         batch = to_device(batch, device)
         with autocast(device):
-            loss = model(**batch).loss
+            loss = summary_loss(model, batch)
         total += loss.double() * n
         count += n
     return (total / max(count, 1)).item()
 
 
-def generate_summaries(model, data: SumData, examples, *, batch_size: int, device) -> list[str]:
-    """Greedy decoding after each example's prompt (article + separator), up to
-    ``max_target_tokens`` + EOS new tokens; text up to the first EOS."""
-    out = [""] * len(examples)
+def generate_summaries(model, data: SumData, examples, *, batch_size: int, device,
+                       **decoding) -> list[str]:
+    """Decoded texts of ``generate_ids``."""
+    return [data.tokenizer.decode(row, skip_special_tokens=True).strip()
+            for row in generate_ids(model, data, examples, batch_size=batch_size, device=device,
+                                    **decoding)]
+
+
+def generate_ids(model, data: SumData, examples, *, batch_size: int, device,
+                 num_beams: int = 1, no_repeat_ngram_size: int = 0,
+                 min_summary_tokens: int = 0) -> list[list[int]]:
+    """Decoding after each example's prompt (article + separator), between
+    ``min_summary_tokens`` and ``max_target_tokens`` + EOS new tokens (beam search when
+    ``num_beams`` > 1): the new token ids up to the first EOS."""
+    out: list[list[int]] = [[] for _ in examples]
     # Soft prompts: with transformers >= 5.24, peft 0.21's cached decoding prepends the virtual
     # tokens again at every step (positions run past the context and the output is wrong).
     # Without the cache each step re-reads prompt + text: correct, and cheap at summary lengths.
@@ -95,14 +131,24 @@ def generate_summaries(model, data: SumData, examples, *, batch_size: int, devic
             gen = model.generate(input_ids=batch["input_ids"].to(device),
                                  attention_mask=batch["attention_mask"].to(device),
                                  max_new_tokens=data.max_target_tokens + 1, do_sample=False,
-                                 num_beams=1, pad_token_id=data.pad_token_id,
+                                 num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
+                                 min_new_tokens=min(min_summary_tokens, data.max_target_tokens),
+                                 pad_token_id=data.pad_token_id,
                                  eos_token_id=data.eos_token_id, **cache)
             for row in gen[:, width:].tolist():
                 if data.eos_token_id in row:
                     row = row[: row.index(data.eos_token_id)]
-                out[order[k]] = data.tokenizer.decode(row, skip_special_tokens=True).strip()
+                out[order[k]] = row
                 k += 1
     return out
+
+
+def summaries_jsonl(predictions: list[str], references: list[str]) -> str:
+    """One JSON line per test article: the generated summary beside its reference."""
+    import json
+
+    return "".join(json.dumps({"i": i, "generated": p, "reference": r}) + "\n"
+                   for i, (p, r) in enumerate(zip(predictions, references)))
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -152,6 +198,10 @@ def setup(cfg: SummarizeConfig, data: SumData, device, *,
     `train`, stop early on `validation` and are reported on `test` (eval loss every epoch,
     ROUGE once, on the best epoch's model)."""
     model = build_model(cfg, data).to(device)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (adapters, soft prompts) without extra hooks.
+        getattr(model, "get_base_model", lambda: model)().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     eval_bs = max(2 * cfg.batch_size, 16)  # no gradients kept: twice the training batch fits
     evals = {"val": "validation"} if cfg.stage == "sweep" else {"val": "validation", "test": "test"}
 
@@ -171,15 +221,18 @@ def setup(cfg: SummarizeConfig, data: SumData, device, *,
         t0 = time.perf_counter()
         refs = data.references
         preds = generate_summaries(m, data, data.test[: len(refs)], batch_size=eval_bs,
-                                   device=device)
+                                   device=device, num_beams=cfg.num_beams,
+                                   no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+                                   min_summary_tokens=cfg.min_summary_tokens)
         out.update({f"test_{k}": v for k, v in rouge(preds, refs).items()})
+        out[FILES] = {SUMMARIES: summaries_jsonl(preds, refs)}
         out.update({"rouge_samples": len(refs), "generate_s": time.perf_counter() - t0,
                     "test_ppl": math.exp(min(out["test_loss"], 50.0))})
         return out
 
     batches = -(-len(data.train) // cfg.batch_size)
     return TrialSetup(
-        model=model, loss_fn=_loss, train_batches=train_batches,
+        model=model, loss_fn=summary_loss, train_batches=train_batches,
         steps_per_epoch=-(-batches // cfg.grad_accum),
         evaluate=evaluate, best_metric="val_loss", mode="min",
         save_weights=lambda path: save_trainable(model, path),

@@ -18,7 +18,7 @@ import torch
 
 from models.dropout import use_cpu_dropout
 from models.errors import ConfigError, InputError
-from models.loop import LoopState, TrialSetup, build_optimizer, enable_tf32, is_cuda, train_loop
+from models.loop import FILES, LoopState, TrialSetup, build_optimizer, enable_tf32, is_cuda, train_loop
 
 TRAINER_STATE = "trainer_state.pt"
 META = "meta.json"
@@ -131,6 +131,7 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
     def report(metrics: dict, st: LoopState, final: bool = False) -> None:
         # "complete": this row is the trial's final result (a retrain is done when it has one).
         complete = final or (bool(metrics.get("last_epoch")) and s.final_evaluate is None)
+        files = metrics.pop(FILES, {})
         row = {**metrics, **s.info, **gpu, "seed": cfg.seed, "complete": complete,
                "node_id": node, **provenance}
         last.clear()
@@ -140,6 +141,8 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "loop": vars(st).copy(), "torch_rng": torch.get_rng_state()},
                        Path(d) / TRAINER_STATE)
+            for name, text in files.items():
+                (Path(d) / name).write_text(text)
             (Path(d) / META).write_text(json.dumps({**meta, "metrics": metrics}, indent=1,
                                                    default=str))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

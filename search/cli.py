@@ -86,6 +86,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--address", default=None,
                    help="connect to a running Ray cluster (auto, or HOST:PORT) instead of "
                         "starting one on this machine; --gpus then counts the cluster's GPUs")
+    g.add_argument("--memory-per-trial", type=positive_float, default=None, metavar="GIB",
+                   help="memory one trial may use, in GiB; trials run at once only as many as "
+                        "fit (default: estimated from the model and the largest batch)")
     g.add_argument("--storage-is-shared", action="store_true",
                    help="on a multi-node cluster, declare that --storage-path is a shared file "
                         "system mounted at the same path on every node")
@@ -316,6 +319,9 @@ class Prepared:
     finalize: Callable[[Path], None] | None = None  # copies smoke-test artefacts into exp dir
     after: Callable[[list], None] | None = None  # given [(plan, retrain summary)] at the end
     extra: dict = field(default_factory=dict)  # recorded in experiment.json only
+    # (study name, space, fixed) -> a trial's peak memory (search.memory.Estimate); None: not
+    # estimated
+    memory: Callable[[str, dict, dict], object] | None = None
 
 
 # Set by quiet_libraries(); workers on other nodes get them through the runtime env.
@@ -563,6 +569,7 @@ def _run(study_name, args, prepare, variants) -> int:
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
                 if args.optuna_storage else None))
+        memory_note = plan_memory(plans, prepared, args, res)
         if args.resume:
             for plan in plans:
                 _check_same_search(plan, args)
@@ -594,7 +601,8 @@ def _run(study_name, args, prepare, variants) -> int:
                                      if plan.warm_start else None),
                       "space": {k: v.describe() for k, v in plan.space.items()},
                       "fixed": plan.fixed, "num_samples": plan.num_samples,
-                      "concurrency": concurrency, "gpus": gpus, "gpus_per_trial": gpus_per_trial,
+                      "concurrency": plan.concurrency, "memory": memory_note.get(plan.name),
+                      "gpus": gpus, "gpus_per_trial": gpus_per_trial,
                       "cpus_per_trial": args.cpus_per_trial, **prepared.describe,
                       "optuna_storage": _masked(plan.optuna_url),
                       "optuna_study": plan.optuna_study_name,
@@ -686,6 +694,35 @@ def write_tables(plan, known: set[str] | None = None):
     return trials, epochs
 
 
+def plan_memory(plans: list, prepared: Prepared, args, res: Resources) -> dict:
+    """Give every plan a memory per trial and no more trials at once than fit in memory;
+    InputError when not even one does. -> what was planned, for experiment.json."""
+    from search import memory
+
+    avail = memory.available_bytes(res.address)
+    notes = {}
+    for plan in plans:
+        if args.memory_per_trial:
+            est = memory.Estimate(int(args.memory_per_trial * memory.GIB), "--memory-per-trial")
+        elif prepared.memory is not None:
+            est = prepared.memory(plan.study.name, plan.space, plan.fixed)
+        else:
+            continue
+        fit = int(avail // est.bytes)
+        if fit < 1:
+            raise InputError(
+                f"a trial needs about {est.gib:.1f} GiB ({est.basis}) but "
+                f"{avail / memory.GIB:.1f} GiB are available: lower the batch size or the "
+                "token limits, use --gradient-checkpointing where offered, or set "
+                "--memory-per-trial if the estimate is too high")
+        plan.memory_per_trial = est.bytes
+        plan.concurrency = min(plan.concurrency, fit)
+        plan.memory_note = notes[plan.name] = {
+            "per_trial_gib": round(est.gib, 2), "basis": est.basis,
+            "available_gib": round(avail / memory.GIB, 1), "fit": fit}
+    return notes
+
+
 def print_plan(plan, prepared: Prepared, res: Resources) -> None:
     where = (f"{res.gpus} of {res.found} GPUs, {plan.gpus_per_trial:g} GPU + "
              f"{plan.cpus_per_trial:g} CPU per trial" if res.gpus else
@@ -697,6 +734,9 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
              *(f"   {k}: {v}" for k, v in prepared.describe.items()),
              f"   resources: {where}; {plan.concurrency} trials at a time; a failed trial is "
              f"retried up to {plan.max_failures} times from its last checkpoint",
+             *([f"   memory: {plan.memory_per_trial / 2**30:.1f} GiB per trial ("
+                f"{plan.memory_note['basis']}); {plan.memory_note['available_gib']:g} GiB "
+                f"available: {plan.memory_note['fit']} fit"] if plan.memory_note else []),
              f"   search: {plan.num_samples} trials x up to {plan.max_epochs} epochs, "
              f"{describe(plan)}; retrain picks by {plan.study.metric}",
              *([f"   warm start: {len(plan.warm_start)} configurations evaluated first"]

@@ -70,10 +70,22 @@ def parser():
                    help="micro-batches per optimizer step")
     g.add_argument("--patience", type=positive_int, default=2,
                    help="stop a trial after this many epochs without a better eval loss")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory per trial, "
+                        "more time per step")
+    g = p.add_argument_group("decoding of the retrained models' test summaries (ROUGE)")
+    g.add_argument("--num-beams", type=positive_int, default=4, help="beam search width (1: greedy)")
+    g.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=3,
+                   help="no n-gram of this size twice in a summary (0: allowed)")
+    g.add_argument("--min-summary-tokens", type=nonneg_int, default=8,
+                   help="new tokens before EOS may end a summary (the maximum is "
+                        "--max-target-tokens)")
+    g = p.add_argument_group("methods")
     g.add_argument("--prompt-init-text", default=DEFAULT_INIT_TEXT,
                    help="prompt: text whose embeddings initialise the soft prompt")
     g.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
-                   help="lora: modules to adapt (default GPT-2's c_attn c_proj c_fc)")
+                   help="lora: modules to adapt (default: every attention and MLP projection "
+                        "of GPT-2 and Llama-style models; peft's own default otherwise)")
     return p
 
 
@@ -97,16 +109,17 @@ def _largest(space: dict, name: str, default: int) -> int:
     return int(max(dim.edges())) if dim is not None else default
 
 
-def check_model_fits(args, model_dir: str, sep_tokens: int) -> dict:
+def check_model_fits(args, model_dir: str, sep_tokens: int) -> tuple[dict, dict]:
     """Context length, block count and adapter targets against the model, before any work.
-    Returns trainable-parameter counts per method for the plan."""
+    Returns trainable-parameter counts per method for the plan (text), and per method the
+    largest trainable count and the total (for the memory estimate)."""
     from transformers import AutoConfig
 
     from models.registry import get_study
 
     cfg = AutoConfig.from_pretrained(model_dir)
     context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
-    counts = {}
+    counts, sizes = {}, {}
     all_fields = set().union(*(get_study(METHODS[m]).config_cls.field_names() for m in METHODS))
     for method in chosen_methods(args):
         study = get_study(METHODS[method])
@@ -121,12 +134,13 @@ def check_model_fits(args, model_dir: str, sep_tokens: int) -> dict:
                 f"--max-source-tokens {args.max_source_tokens} + separator {sep_tokens} + "
                 f"--max-target-tokens {args.max_target_tokens} + EOS 1{extra} = {need} tokens, "
                 f"longer than the model's context of {context}; lower the token limits")
-        counts[method] = _count(method, space, model_dir, cfg, args)
-    return counts
+        counts[method], sizes[method] = _count(method, space, model_dir, cfg, args)
+    return counts, sizes
 
 
-def _count(method, space, model_dir, cfg, args) -> str:
-    """Trainable parameters at the space's extremes, of the total, on empty (meta) models."""
+def _count(method, space, model_dir, cfg, args) -> tuple[str, tuple[int, int]]:
+    """Trainable parameters at the space's extremes, of the total, on empty (meta) models:
+    -> (text, (largest trainable, total))."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -138,10 +152,11 @@ def _count(method, space, model_dir, cfg, args) -> str:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg)
 
-    out = []
+    out, most = [], 0
     if method == "prompt":  # num_virtual_tokens x n_embd
         out = [f"{n} tokens: {n * cfg.hidden_size:,}"
                for n in sorted(space["num_virtual_tokens"].edges())]
+        most = int(max(space["num_virtual_tokens"].edges())) * cfg.hidden_size
     elif method == "last-layers":
         for n in sorted(space["n_last_layers"].edges()):
             try:
@@ -150,6 +165,7 @@ def _count(method, space, model_dir, cfg, args) -> str:
                 raise InputError(f"search space n_last_layers = {space['n_last_layers'].describe()}"
                                  f": {e}") from None
             out.append(f"{n} blocks: {count_parameters(m)['trainable_params']:,}")
+            most = max(most, count_parameters(m)["trainable_params"])
     else:
         targets = tuple(args.target_modules) if args.target_modules else None
         for r in sorted(space["lora_r"].edges()) if "lora_r" in space else [8]:
@@ -160,7 +176,24 @@ def _count(method, space, model_dir, cfg, args) -> str:
                 raise InputError(f"--target-modules {' '.join(args.target_modules or ['(default)'])}"
                                  f": {str(e).splitlines()[0]}") from None
             out.append(f"r={r}: {count_parameters(m)['trainable_params']:,}")
-    return ", ".join(out) + f" of {count_parameters(meta())['total_params']:,}"
+            most = max(most, count_parameters(m)["trainable_params"])
+    total = count_parameters(meta())["total_params"]
+    return ", ".join(out) + f" of {total:,}", (most, total)
+
+
+def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
+    """A trial's peak memory (search.memory): the largest batch, the longest example, the LM
+    head over the summary positions only (models.summarize.summary_loss)."""
+    from search.memory import estimate, largest, model_shape
+
+    method = next(m for m, s in METHODS.items() if s == study)
+    virtual = largest(space, fixed, "num_virtual_tokens", 0) if method == "prompt" else 0
+    most, total = sizes[method]
+    return estimate(total_params=total, trainable_params=most,
+                    batch_size=largest(space, fixed, "batch_size", args.batch_size),
+                    tokens=args.max_source_tokens + sep_tokens + args.max_target_tokens + 1
+                    + virtual, loss_positions=args.max_target_tokens + 2,
+                    checkpointing=args.gradient_checkpointing, **model_shape(model_dir))
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
@@ -198,7 +231,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         model = tok_dir = resolve_model(args.model or "gpt2")
     tokenizer = load_tokenizer(tok_dir)
     sep_tokens = len(tokenizer(args.separator, add_special_tokens=False)["input_ids"])
-    counts = check_model_fits(args, tok_dir, sep_tokens)
+    counts, sizes = check_model_fits(args, tok_dir, sep_tokens)
     if pretrain:
         pretrain()
     data = tokenize_articles(articles, tokenizer, separator=args.separator,
@@ -212,6 +245,9 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         data=data,
         fixed={"model": model, "batch_size": args.batch_size, "grad_accum": args.grad_accum,
                "patience": args.patience, "prompt_init_text": args.prompt_init_text,
+               "gradient_checkpointing": args.gradient_checkpointing,
+               "num_beams": args.num_beams, "no_repeat_ngram_size": args.no_repeat_ngram_size,
+               "min_summary_tokens": args.min_summary_tokens,
                "target_modules": tuple(args.target_modules) if args.target_modules else None},
         describe={
             "model": model, "data": data.origin,
@@ -222,11 +258,17 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
                       f"summary <= {args.max_target_tokens} tokens + EOS (mean "
                       f"{m['mean_tokens']:.0f} tokens); loss on summary tokens only",
             "training": f"batch {args.batch_size} x {args.grad_accum} accumulation, patience "
-                        f"{args.patience}; ROUGE on {len(data.references)} test articles",
+                        f"{args.patience}"
+                        + (", gradient checkpointing" if args.gradient_checkpointing else ""),
+            "ROUGE": f"{len(data.references)} test articles, beam {args.num_beams}, no repeated "
+                     f"{args.no_repeat_ngram_size}-gram, {args.min_summary_tokens}.."
+                     f"{args.max_target_tokens} tokens; summaries saved with each retrain",
             **{f"trainable params ({k})": v for k, v in counts.items()},
         },
         finalize=finalize,
         after=lambda outcomes: compare(outcomes, exp_dir) if len(outcomes) > 1 else None,
+        memory=lambda study, space, fixed: _memory(args, tok_dir, sep_tokens, sizes, study,
+                                                   space, fixed),
     )
 
 

@@ -110,6 +110,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     from models.cola_kd import KDData
     from models.metrics import classification_metrics
     from models.teacher import load_teacher, teacher_logits
+    from search.memory import GIB, Estimate
 
     if args.teacher is None and not args.smoke_test:
         raise InputError("--teacher is required (a LoRA retrain output or a saved classifier)")
@@ -173,6 +174,9 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
+        # The student (an embedding and a GRU, a few MB) is small beside its worker process.
+        memory=lambda *_: Estimate(int(1.0 * GIB), "the worker process (~0.8 GiB) and a GRU "
+                                   "student of a few MB"),
         after=lambda outcomes: compare(outcomes, kd),
     )
 

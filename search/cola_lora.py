@@ -34,8 +34,9 @@ def parser():
                    help="hub id (gpt2, gpt2-medium, ...) or a local model directory "
                         "(default gpt2; a tiny in-process GPT-2 with --smoke-test)")
     g.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
-                   help="modules LoRA adapts (e.g. query value, or all-linear); default: GPT-2's "
-                        "c_attn c_proj c_fc, peft's per-architecture default otherwise")
+                   help="modules LoRA adapts (e.g. query value, or all-linear); default: every "
+                        "attention and MLP projection of GPT-2 (c_attn c_proj c_fc) and "
+                        "Llama-style models (q/k/v/o, gate/up/down), peft's own default otherwise")
     add_cola_arguments(g)
     return p
 
@@ -45,6 +46,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
+    from models.registry import get_study
+    from search.memory import estimate, largest, model_shape
 
     splits = load_cola_splits(args)
     if args.smoke_test and not any(s.startswith("learning_rate=") for s in args.space):
@@ -70,7 +73,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     # Check the adapter targets and count parameters on an empty (meta-device) model.
     counts = {}
     try:
-        for r in (2, 4, 8):
+        for r in sorted({int(v) for v in get_study(STUDY).space["lora_r"].edges()}):
             cfg = ColaLoraConfig(model=tok_dir, lora_r=r, target_modules=targets)
             m = build_lora_model(cfg, pad_token_id=data.pad_token_id, meta=True)
             trainable, total = m.get_nb_trainable_parameters()
@@ -89,6 +92,12 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
+        memory=lambda study, space, fixed: estimate(
+            total_params=max(t for _, t in counts.values()),
+            trainable_params=max(t for t, _ in counts.values()),
+            batch_size=largest(space, fixed, "batch_size", 32),
+            tokens=max(len(x) for x in data.train_ids),  # batches pad to their longest
+            **model_shape(tok_dir)),
     )
 
 

@@ -60,6 +60,8 @@ class SweepPlan:
     warm_start: list = field(default_factory=list)  # configurations evaluated first
     total_cpus: int = 0  # CPUs for trials; retrains with fewer jobs than slots share them out
     node_cpus: int = 0  # CPUs of the one machine (0: a cluster, where a job stays on one node)
+    memory_per_trial: int = 0  # bytes: Ray's ``memory`` resource of a trial (0: not planned)
+    memory_note: dict = field(default_factory=dict)  # how it was planned (printed, recorded)
 
     def __post_init__(self):
         self.metric = self.metric or self.study.metric
@@ -80,7 +82,10 @@ class SweepPlan:
 
     @property
     def resources(self) -> dict:
-        return {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+        out = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
+        if self.memory_per_trial:
+            out["memory"] = self.memory_per_trial
+        return out
 
 
 def to_tune(dim):

@@ -312,3 +312,63 @@ def test_synthetic_articles_shape():
     assert isinstance(a, Articles) and len(a.train) + len(a.validation) + len(a.test) == 40
     assert all(art.startswith(summ) and len(art) > len(summ) for art, summ in a.train)  # lead-1
     assert synthetic_articles(n=40).train == a.train  # seeded
+
+
+# --- the loss on summary positions only, gradient checkpointing, decoding ---------------------
+@pytest.mark.parametrize("method", ["lora", "prompt", "last-layers"])
+def test_summary_loss_equals_the_full_head_loss(method, lm_dir, data):
+    """The LM head applied from the first summary position gives the loss (and gradients) of
+    the model's own loss over every position."""
+    import importlib
+
+    from models.summarize import summary_loss
+
+    module = importlib.import_module(f"models.summarize_{method.replace('-', '_')}")
+    cfg_cls = {"lora": "SumLoraConfig", "prompt": "SumPromptConfig",
+               "last-layers": "SumLastLayersConfig"}[method]
+    torch.manual_seed(0)
+    model = module.build_model(getattr(module, cfg_cls)(model=lm_dir), data).eval()
+    batch = next(lm_batches(data.train[:5], batch_size=5, pad_id=data.pad_token_id))
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = model(**batch).loss
+    g_want = torch.autograd.grad(want, params)
+    got = summary_loss(model, batch)
+    g_got = torch.autograd.grad(got, params)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_got, g_want))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(lm_dir, data):
+    from models.summarize import setup
+    from models.summarize_lora import SumLoraConfig, build_model
+
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        s = setup(SumLoraConfig(model=lm_dir, gradient_checkpointing=ckpt, lora_dropout=0.0),
+                  data, "cpu", build_model=build_model)
+        s.model.train()
+        batch = next(s.train_batches(0))
+        loss = s.loss_fn(s.model, batch)
+        loss.backward()
+        grads.append([p.grad.clone() for p in s.model.parameters() if p.requires_grad])
+    assert s.model.get_base_model().is_gradient_checkpointing
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_beam_search_decoding_respects_length_and_repeats(lm_dir, data):
+    from models.summarize import generate_ids
+    from models.summarize_lora import SumLoraConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(SumLoraConfig(model=lm_dir), data).eval()
+    with torch.inference_mode():
+        greedy = generate_ids(model, data, data.test[:3], batch_size=3, device="cpu")
+        out = generate_ids(model, data, data.test[:3], batch_size=3, device="cpu",
+                           num_beams=3, no_repeat_ngram_size=2, min_summary_tokens=5)
+    # the untrained model repeats itself greedily; the constraint removes every repeat
+    assert any(len(set(zip(r, r[1:]))) < len(r) - 1 for r in greedy)
+    for ids in out:
+        assert 5 <= len(ids) <= data.max_target_tokens + 1  # + the place for EOS
+        pairs = list(zip(ids, ids[1:]))
+        assert len(pairs) == len(set(pairs)), ids

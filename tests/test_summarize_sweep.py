@@ -50,6 +50,10 @@ def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir, monkeypatch, 
         job = exp / "retrained" / runs["job"].iloc[0]
         meta = json.loads((job / "meta.json").read_text())
         assert meta["config"]["stage"] == "retrain" and "git_commit" in meta
+        assert meta["config"]["num_beams"] == 4 and meta["config"]["no_repeat_ngram_size"] == 3
+        # every generated summary beside its reference
+        lines = [json.loads(x) for x in (job / "summaries.jsonl").read_text().splitlines()]
+        assert len(lines) == 8 and all(x["reference"] and "generated" in x for x in lines)
     # the soft prompt is num_virtual_tokens x n_embd (64 in the smoke model)
     prompt = pd.read_csv(storage / "cnndm-prompt" / "trials.csv")
     assert (prompt["trainable_params"] == prompt["config/num_virtual_tokens"] * 64).all()

@@ -1,0 +1,87 @@
+"""Memory per trial, planned before any trial starts: an estimate of a trial process's peak
+from the model's shape and the largest batch the space can draw (or ``--memory-per-trial``),
+handed to Ray as the trial's ``memory`` resource, so that no more trials run at once than
+the machine (or cluster) holds.
+
+The estimate is deliberately simple and errs high. Its per-token activation bytes and the
+share gradient checkpointing keeps were fitted to peaks measured by
+``bench/summarize_memory.py`` (the README has the figures); the measured peak of every trial
+is in ``epochs.csv`` (``peak_mem_mb``).
+Terms (float32 on a CPU, as trials train there; on a GPU the same bytes are a safe upper
+bound of the host side):
+
+- the worker process itself (Python, torch, transformers, peft, Ray): ``PROCESS``;
+- the weights (4 bytes a parameter) and, for the trainable ones, gradient, two Adam moments
+  and the best-epoch copy (16 bytes);
+- activations kept for the backward pass: ``ACT_BYTES`` x hidden size a token and layer. The
+  textbook count (~34 values a token and layer in half precision) is far too low here: a
+  Llama MLP is 2.7x wider with a gate, every adapted projection keeps its dropout output,
+  and with a padding mask CPU attention takes the math path that keeps the probabilities;
+  with gradient checkpointing ``CKPT_SHARE`` of that stays (measured, not derived);
+- the LM head's logits where a loss reads them: logits, their float32 copy and gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2 ** 30
+PROCESS = int(0.8 * GIB)
+ACT_BYTES = 190  # bytes a token, layer and hidden unit (fitted, see the module docstring)
+CKPT_SHARE = 0.55  # of those activations, what a checkpointed step still peaks at (fitted)
+HEADROOM = 1.15  # allocator fragmentation and what the terms leave out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    bytes: int
+    basis: str  # how it was arrived at, for the printed plan and experiment.json
+
+    @property
+    def gib(self) -> float:
+        return self.bytes / GIB
+
+
+def model_shape(model_dir: str) -> dict:
+    """hidden size, layers and vocabulary of a saved model (GPT-2 and Llama names)."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    pick = lambda *names: next((getattr(c, n) for n in names if getattr(c, n, None)), 0)  # noqa: E731
+    return {"hidden": int(pick("hidden_size", "n_embd", "d_model")),
+            "layers": int(pick("num_hidden_layers", "n_layer", "num_layers")),
+            "vocab": int(pick("vocab_size"))}
+
+
+def estimate(*, total_params: int, trainable_params: int, batch_size: int, tokens: int,
+             hidden: int, layers: int, vocab: int = 0, loss_positions: int = 0,
+             checkpointing: bool = False) -> Estimate:
+    """Peak bytes of one trial process training a transformer: see the module docstring.
+    ``loss_positions``: positions a batch row sends through the LM head (0: a classifier)."""
+    weights = 4 * total_params + 16 * trainable_params
+    acts = ACT_BYTES * batch_size * tokens * hidden * layers * (CKPT_SHARE if checkpointing else 1)
+    logits = 3 * 4 * batch_size * loss_positions * vocab
+    total = int(HEADROOM * (PROCESS + weights + acts + logits))
+    basis = (f"estimated: process {PROCESS / GIB:.1f} + weights {weights / GIB:.2f} + "
+             f"activations {acts / GIB:.2f} (batch {batch_size} x {tokens} tokens"
+             f"{', checkpointed' if checkpointing else ''}) + logits {logits / GIB:.2f} GiB, "
+             f"x {HEADROOM}")
+    return Estimate(total, basis)
+
+
+def largest(space: dict, fixed: dict, name: str, default: int) -> int:
+    """The largest value ``name`` takes in a sweep: its space dimension's top, or fixed."""
+    if name in space:
+        return int(max(space[name].edges()))
+    return int(fixed.get(name, default))
+
+
+def available_bytes(address: str | None) -> int:
+    """Memory trials may use: the cluster's ``memory`` resource, or this machine's available
+    memory (what Ray's own default resource is taken from)."""
+    if address:
+        import ray
+
+        return int(ray.cluster_resources().get("memory", 0))
+    import psutil
+
+    return int(psutil.virtual_memory().available * 0.9)
