@@ -92,6 +92,7 @@ def run_study(script: str, argv: list[str], log: Path) -> float:
                                                stderr=subprocess.STDOUT, text=True) as proc:
         for line in proc.stdout:
             f.write(line)
+            f.flush()
             if line.startswith(("[gguf]", "==", "plan", "retrain", "KD gain", "table", "best")):
                 print(f"  {line.rstrip()}", flush=True)
     if proc.returncode != 0:

@@ -51,6 +51,9 @@ def read_cnndm_csv(path: Path, *, max_empty_fraction: float) -> tuple[list[tuple
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise InputError(f"--data-dir: {path} does not exist") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file (expected a CSV with columns "
+                         f"{', '.join(REQUIRED)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
     df.columns = [str(c).strip() for c in df.columns]

@@ -17,6 +17,7 @@ from models.errors import InputError
 # NYU's public release 1.1: raw/in_domain_train.tsv etc.; GLUE: train.tsv + dev.tsv (in+out).
 NYU_FILES = ("in_domain_train.tsv", "in_domain_dev.tsv", "out_of_domain_dev.tsv")
 GLUE_FILES = ("train.tsv", "dev.tsv")
+MIN_PER_CLASS = 1  # rows of each class in the fit and in the selection split, at least
 
 
 @dataclass
@@ -152,8 +153,22 @@ def selection_split(labels: list[int], fraction: float, seed: int) -> tuple[np.n
     are scored on `select`; GLUE dev is kept for reporting the retrained configurations."""
     from sklearn.model_selection import train_test_split
 
+    counts = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+    # Each class needs rows on both sides: some to learn from, some to be scored on (MCC
+    # needs both classes in the selection split).
+    short = len(counts) < 2 or any(n * fraction < MIN_PER_CLASS or n * (1 - fraction) < MIN_PER_CLASS
+                                   for n in counts.values())
+    problem = (f"training set: {len(labels)} rows, per class {counts}; with --selection-fraction "
+               f"{fraction:g} every class needs at least {MIN_PER_CLASS} row(s) in both the fit "
+               "and the selection split, and there must be two classes: add training rows or "
+               "raise --selection-fraction")
+    if short:
+        raise InputError(problem)
     idx = np.arange(len(labels))
-    fit, sel = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    try:
+        fit, sel = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as e:  # sklearn's own limits of a stratified split
+        raise InputError(f"{problem} ({e})") from None
     return np.sort(fit), np.sort(sel)
 
 

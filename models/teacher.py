@@ -67,6 +67,16 @@ def load_teacher(path: str):
                              "found (expected a LoRA retrain output or a saved classifier)")
     except OSError as e:
         raise InputError(f"--teacher {path!r}: cannot be read ({str(e).splitlines()[0][:200]})") from None
+    except ValueError as e:  # AutoConfig: no or unknown model_type in config.json
+        raise InputError(f"--teacher {path!r}: not a model transformers can load "
+                         f"({str(e).splitlines()[0][:200]})") from None
+    except RuntimeError as e:  # the adapter's saved head does not fit a 2-label classifier
+        if "size mismatch" not in str(e):
+            raise
+        shapes = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:1]
+        raise InputError(f"--teacher {path!r}: the adapter's weights do not fit a 2-label "
+                         f"classifier on its base model ({shapes[0][:200] if shapes else ''}); "
+                         "distillation on CoLA needs a 2-label teacher") from None
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     return model, tokenizer, {"kind": kind, "params": int(params), "size_bytes": int(size)}

@@ -10,6 +10,7 @@ checkpoints. Credentials come from the environment as usual for pyarrow (AWS_* v
 pass through, e.g. ``s3://bucket/sweeps?endpoint_override=minio:9000&scheme=http``."""
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -80,11 +81,17 @@ class Remote:
             files = [i for i in self.fs.get_file_info(fs.FileSelector(base, recursive=True))
                      if i.type == fs.FileType.File]
         n = 0
+        root = local.absolute()
         for i in files:
             rel = i.path[len(base):].lstrip("/")
             if skip and skip(rel):
                 continue
             target = local / rel if rel else local
+            # A key is any string: one with ".." would land outside the mirror.
+            if ".." in rel.split("/") or not os.path.normpath(target.absolute()).startswith(
+                    str(root)):
+                raise InputError(f"{self.uri.split('?', 1)[0]}: refusing key {i.path!r}, whose "
+                                 f"path leaves the local mirror {local}")
             target.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(i.path) as src:
                 target.write_bytes(src.read())

@@ -72,11 +72,11 @@ def _optuna(sampler_fn):
     def build(plan, points):
         import optuna
 
-        from search.optuna_search import PrunedAwareOptunaSearch
+        from search.optuna_search import PrunedAwareOptunaSearch, SafeRDBStorage
 
         return PrunedAwareOptunaSearch(
             metric=plan.metric, mode=plan.mode, sampler=sampler_fn(plan),
-            storage=optuna.storages.RDBStorage(plan.optuna_url),
+            storage=SafeRDBStorage(plan.optuna_url),
             study_name=plan.optuna_study_name, points_to_evaluate=points or None)
 
     return build
@@ -98,6 +98,9 @@ SEARCHERS: dict[str, Algorithm] = {
     "bohb": Algorithm("BOHB (Tune's TuneBOHB)", _bohb, needs=("hpbandster", "ConfigSpace"),
                       extra="bohb"),
 }
+
+# Searchers whose state is an Optuna study (in optuna.db or --optuna-storage).
+OPTUNA_BACKED = frozenset(n for n in SEARCHERS if n != "bohb")
 
 
 def _asha(plan):

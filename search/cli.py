@@ -22,7 +22,9 @@ from typing import Callable
 from models.errors import ConfigError, InputError
 from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
                              pull_tune_files, push_own_files)
-from search.algorithms import DEFAULT_SEARCHER, SCHEDULERS, SEARCHERS, describe, resolve
+from search.redact import ENV_OPTUNA_STORAGE, MASK, redact_argv, refuse_credentials_in_uri
+from search.algorithms import (DEFAULT_SEARCHER, OPTUNA_BACKED, SCHEDULERS, SEARCHERS, describe,
+                               resolve)
 from search.warm_start import check_study, warm_start_points
 from spaces.dims import Choice, Fixed, LogUniform, Uniform
 
@@ -145,10 +147,11 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--max-failures", type=nonneg_int, default=2,
                    help="retries of a failed trial, each from its last checkpoint (a lost node, "
                         "a crash); bad configs and missing files fail once")
-    g.add_argument("--optuna-storage", default=None, metavar="URL",
-                   help="Optuna RDB URL for the searcher's study (e.g. postgresql://user@host/db "
-                        "for a team database); default: sqlite file optuna.db in the experiment "
-                        "directory")
+    g.add_argument("--optuna-storage", default=os.environ.get(ENV_OPTUNA_STORAGE), metavar="URL",
+                   help="Optuna RDB URL for the searcher's study (e.g. postgresql://user:pw@host/db "
+                        f"for a team database; or set ${ENV_OPTUNA_STORAGE}, which keeps the "
+                        "password out of shell history; it is never recorded); default: sqlite "
+                        "file optuna.db in the experiment directory")
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep (finished trials and retrains are kept)")
     g.add_argument("--smoke-test", action="store_true",
@@ -207,10 +210,29 @@ def _number(text: str):
     return text
 
 
+def _value(item: str, name: str, text: str, like):
+    """One value of ``--space NAME=...``, of the kind the study's dimension holds (``like``:
+    one of its default values): numbers stay numbers, true/false become booleans."""
+    if isinstance(like, bool):
+        low = text.strip().lower()
+        if low in ("true", "false"):
+            return low == "true"
+        raise InputError(f"--space {item!r}: {name} takes true or false, not {text!r}")
+    value = _number(text.strip())
+    if isinstance(like, (int, float)) and not isinstance(value, (int, float)):
+        raise InputError(f"--space {item!r}: {name} takes numbers, not {text!r}; expected "
+                         f"{name}=LOW:HIGH (a range), {name}=A,B,C (choices) or {name}=VALUE")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"--space {item!r}: {name} {text!r} is not a finite number")
+    return value
+
+
 def apply_space_overrides(space: dict, overrides: list[str], allowed: set[str],
                           skip: set[str] = frozenset()) -> dict:
-    """``--space`` items on top of ``space``. Names in ``skip`` belong to another sweep of the
-    same command (another method) and are left out here."""
+    """``--space`` items on top of ``space``; only the study's search dimensions (``allowed``)
+    may be overridden: other config fields (the stage, the model, seeds, threads) are the
+    command's, set by its flags. Names in ``skip`` belong to another sweep of the same command
+    (another method) and are left out here."""
     space = dict(space)
     for item in overrides:
         name, sep, spec = item.partition("=")
@@ -219,12 +241,13 @@ def apply_space_overrides(space: dict, overrides: list[str], allowed: set[str],
         if name in skip and name not in allowed:
             continue
         if name not in allowed:
-            raise InputError(f"--space {item!r}: unknown name {name!r}; allowed: {sorted(allowed)}")
+            raise InputError(f"--space {item!r}: {name!r} is not a search dimension of this study; "
+                             f"allowed: {', '.join(sorted(allowed))} (other settings have flags: "
+                             "--help)")
+        like = space[name].edges()[0]
         if ":" in spec:
             lo, _, hi = spec.partition(":")
-            lo, hi = _number(lo), _number(hi)
-            if not all(isinstance(v, (int, float)) for v in (lo, hi)):
-                raise InputError(f"--space {item!r}: range bounds must be numbers")
+            lo, hi = _value(item, name, lo, 0.0), _value(item, name, hi, 0.0)
             if not lo < hi:
                 raise InputError(f"--space {item!r}: lower bound {lo} must be below upper bound {hi}")
             kind = LogUniform if isinstance(space.get(name), LogUniform) else Uniform
@@ -233,9 +256,9 @@ def apply_space_overrides(space: dict, overrides: list[str], allowed: set[str],
                                  "a log-uniform range needs bounds > 0")
             space[name] = kind(float(lo), float(hi))
         elif "," in spec:
-            space[name] = Choice(tuple(_number(v) for v in spec.split(",")))
+            space[name] = Choice(tuple(_value(item, name, v, like) for v in spec.split(",")))
         else:
-            space[name] = Fixed(_number(spec))
+            space[name] = Fixed(_value(item, name, spec, like))
     return space
 
 
@@ -268,25 +291,55 @@ def check_storage(path: str) -> Path:
 
 
 def check_optuna_storage(url: str | None) -> None:
-    """A URL SQLAlchemy can parse, whose database driver is installed (nothing is connected
-    or created here)."""
+    """A URL SQLAlchemy can parse, whose database driver is installed and, for a server, that
+    accepts a connection with these credentials; checked before Ray starts. Messages show the
+    URL redacted (``search.redact``)."""
     if url is None:
         return
+    from search.redact import redact_text, redact_url, register_optuna_url
+
+    shown = redact_url(url)
+    register_optuna_url(url)  # for unpickling the searcher on --resume
     try:
         from sqlalchemy.engine import make_url
 
-        make_url(url).get_dialect()
-    except Exception as e:  # ArgumentError (syntax), NoSuchModuleError / ImportError (driver)
-        raise InputError(f"--optuna-storage {url!r}: not a usable database URL ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160]}); expected e.g. sqlite:///path/optuna.db "
-                         "or postgresql://user@host/db with its driver installed") from None
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
+    except ImportError as e:
+        driver = {"postgresql": "psycopg (pip install -e '.[postgres]')",
+                  "mysql": "PyMySQL"}.get(url.split(":", 1)[0].split("+", 1)[0], "its driver")
+        raise InputError(f"--optuna-storage {shown!r}: the database driver is not installed "
+                         f"({redact_text(str(e).splitlines()[0][:160], url)}); install "
+                         f"{driver}") from None
+    except Exception as e:  # ArgumentError (syntax), NoSuchModuleError
+        raise InputError(f"--optuna-storage {shown!r}: not a usable database URL ("
+                         f"{type(e).__name__}: {redact_text(str(e).splitlines()[0][:160], url)}"
+                         "); expected e.g. sqlite:///path/optuna.db or "
+                         "postgresql://user:password@host/db") from None
+    if parsed.get_backend_name() == "sqlite":
+        return
+    from sqlalchemy import create_engine, text
+
+    args = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    engine = create_engine(url, connect_args=args, pool_pre_ping=False)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as e:  # OperationalError: unreachable, refused, bad credentials, no db
+        reason = redact_text(" ".join(str(getattr(e, "orig", e)).split())[:240], url)
+        raise InputError(f"--optuna-storage {shown!r}: cannot connect ({reason}); check the "
+                         "server is running and reachable, the user, the password and the "
+                         "database") from None
+    finally:
+        engine.dispose()
 
 
 def _masked(url: str) -> str:
-    """The URL as it may be written to disk: any password hidden."""
-    from sqlalchemy.engine import make_url
+    """The URL as it may be written to disk: credentials hidden."""
+    from search.redact import redact_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return redact_url(url)
 
 
 def check_gpus(asked: int | None) -> tuple[int, int]:
@@ -457,6 +510,12 @@ def _check_same_search(plan, args) -> None:
     if not record.is_file():
         return
     recorded = json.loads(record.read_text())
+    stored = recorded.get("optuna_storage") or ""
+    if MASK in stored and _masked(args.optuna_storage or "") != stored:
+        raise InputError(
+            f"--optuna-storage {_masked(args.optuna_storage) if args.optuna_storage else '(not given)'}: "
+            f"the experiment {plan.name!r} keeps its Optuna study in {stored}; --resume needs that "
+            f"URL with its password (the flag, or ${ENV_OPTUNA_STORAGE}), which is never recorded")
     for flag, key, given in (("--searcher", "searcher", args.searcher),
                              ("--scheduler", "scheduler", args.scheduler),
                              ("--metric", "search_metric", args.metric)):
@@ -507,6 +566,7 @@ def _run(study_name, args, prepare, variants) -> int:
     remote = None
     if is_uri(args.storage_path):
         # Tune writes to the bucket; this driver's own files go to a local mirror, then there.
+        refuse_credentials_in_uri(args.storage_path, "--storage-path")
         remote = open_remote(args.storage_path)
         mirror = args.local_mirror or str(default_mirror(args.storage_path))
         try:
@@ -537,14 +597,21 @@ def _run(study_name, args, prepare, variants) -> int:
                               gpus // gpus_per_trial if gpus else math.inf))
         if concurrency < 1:
             raise InputError("no trial fits: lower --cpus-per-trial or --gpus-per-trial")
-        all_fields = set().union(*(get_study(v.study).config_cls.field_names()
-                                   for v in chosen.values()))
+        all_dims = set().union(*(get_study(v.study).space for v in chosen.values()))
         plans = []
         for suffix, variant in chosen.items():
             study = get_study(variant.study)
             fields = study.config_cls.field_names()
-            space = {**apply_space_overrides(study.space, args.space, fields, skip=all_fields),
+            space = {**apply_space_overrides(study.space, args.space, set(study.space),
+                                             skip=all_dims),
                      **variant.overrides}
+            if all(isinstance(d, Fixed) for d in space.values()):
+                # Nothing to search: the searcher gets the given configuration as a one-value
+                # choice per dimension, and one trial evaluates it.
+                space = {k: Choice((d.value,)) for k, d in space.items()}
+                args.num_samples = 1
+                print("every search dimension is fixed by --space: one trial evaluates that "
+                      "configuration (--num-samples 1)", flush=True)
             fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
                      "num_threads": args.cpus_per_trial, "compile": args.compile,
                      "group_by_length": not args.no_length_grouping}
@@ -585,14 +652,17 @@ def _run(study_name, args, prepare, variants) -> int:
     import ray
 
     if not res.address:
+        # Ray's own memory resource would be what is available less its object store (30 %
+        # of RAM), less than the plan's count: give it the planned figure instead.
+        planned = {"_memory": int(memory_note["_available_bytes"])} if memory_note else {}
         ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING", **planned)
     outcomes = []
     try:
         for plan in plans:
             print_plan(plan, prepared, res)
             record = {"study": plan.study.name, "group": name,
-                      "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
+                      "command": shlex.join(redact_argv([sys.argv[0], *sys.argv[1:]])),
                       "metric": plan.study.metric, "mode": plan.study.mode,
                       "searcher": plan.searcher, "scheduler": plan.scheduler,
                       "search_seed": plan.seed, "search": describe(plan),
@@ -639,7 +709,16 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     finished, statuses = sweep.sweep_finished(plan, grid)
     if plan.remote is not None:  # the tables are built from Tune's files
         pull_tune_files(plan.remote, plan.name, plan.exp_dir)
-    trials, _ = write_tables(plan, known=set(statuses))
+    trials, _ = write_tables(plan, known=set(statuses),
+                             interrupted=set() if finished else {
+                                 t for t, st in statuses.items()
+                                 if st not in ("TERMINATED", "ERROR")})
+    if finished and plan.resume and plan.searcher in OPTUNA_BACKED:
+        from search.optuna_search import fail_orphans
+
+        recorded = json.loads((plan.exp_dir / "experiment.json").read_text())
+        fail_orphans(plan.optuna_url, recorded.get("optuna_study") or plan.optuna_study_name,
+                     len(statuses))
     if plan.remote is not None:
         push_own_files(plan.remote, plan.name, plan.exp_dir)
     if not finished:
@@ -666,10 +745,11 @@ def push(plan, path: Path) -> None:
         plan.remote.push(path, plan.name, *path.relative_to(plan.exp_dir).parts)
 
 
-def write_tables(plan, known: set[str] | None = None):
+def write_tables(plan, known: set[str] | None = None, interrupted: set[str] = frozenset()):
     """trials.csv and epochs.csv. ``known``: the trial ids in Tune's experiment state; a trial
     folder outside it was started after the last state snapshot of a killed driver and was
-    replaced on resume, so it is left out of the tables."""
+    replaced on resume, so it is left out of the tables. ``interrupted``: trials still running
+    when the sweep was interrupted (not stopped by the scheduler; --resume continues them)."""
     from results import epoch_frame, read_trials, trial_frame
 
     records = read_trials(plan.exp_dir)
@@ -683,6 +763,11 @@ def write_tables(plan, known: set[str] | None = None):
     trials = trial_frame(plan.exp_dir, metric=plan.study.metric, mode=plan.study.mode,
                          records=records)
     epochs = epoch_frame(plan.exp_dir, records=records)
+    if interrupted and len(trials):
+        cut = trials["trial_id"].isin(interrupted) & ~trials["status"].isin(["ERROR", "FAILED"])
+        trials.loc[cut, "status"] = "INTERRUPTED"
+        if "stopped_early" in trials:
+            trials.loc[cut, "stopped_early"] = False
     # Which search produced these rows, beside the swept values.
     for frame in (trials, epochs):
         if len(frame):
@@ -717,6 +802,7 @@ def plan_memory(plans: list, prepared: Prepared, args, res: Resources) -> dict:
                 "--memory-per-trial if the estimate is too high")
         plan.memory_per_trial = est.bytes
         plan.concurrency = min(plan.concurrency, fit)
+        notes["_available_bytes"] = avail
         plan.memory_note = notes[plan.name] = {
             "per_trial_gib": round(est.gib, 2), "basis": est.basis,
             "available_gib": round(avail / memory.GIB, 1), "fit": fit}

@@ -120,11 +120,11 @@ def check_model_fits(args, model_dir: str, sep_tokens: int) -> tuple[dict, dict]
     cfg = AutoConfig.from_pretrained(model_dir)
     context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     counts, sizes = {}, {}
-    all_fields = set().union(*(get_study(METHODS[m]).config_cls.field_names() for m in METHODS))
+    all_dims = set().union(*(get_study(METHODS[m]).space for m in METHODS))
     for method in chosen_methods(args):
         study = get_study(METHODS[method])
-        space = {**apply_space_overrides(study.space, args.space, study.config_cls.field_names(),
-                                         skip=all_fields),
+        space = {**apply_space_overrides(study.space, args.space, set(study.space),
+                                         skip=all_dims),
                  **variants(args)[f"-{method}"].overrides}
         virtual = _largest(space, "num_virtual_tokens", 0) if method == "prompt" else 0
         need = args.max_source_tokens + sep_tokens + args.max_target_tokens + 1 + virtual

@@ -13,8 +13,29 @@ from __future__ import annotations
 import math
 
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from search.redact import real_optuna_url, redact_url, register_optuna_url
+
+
+class SafeRDBStorage(RDBStorage):
+    """Optuna's RDB storage whose pickled state (Tune pickles the searcher, with its study and
+    storage, into ``searcher-state-*.pkl`` and ``tuner.pkl``) holds the redacted URL only;
+    unpickled, it takes the real URL from ``search.redact`` (the flag given again)."""
+
+    def __init__(self, url: str, **kwargs):
+        register_optuna_url(url)
+        super().__init__(url, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["url"] = redact_url(self.url)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__({**state, "url": real_optuna_url(state["url"])})
 
 
 def _finite(v) -> bool:
@@ -68,3 +89,28 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             pass  # already told before a hard kill (see _report)
         self._completed_trials.add(trial_id)
         self._steps.pop(trial_id, None)
+
+
+ORPHAN_NOTE = "asked by the searcher after Tune's last snapshot; the driver was killed, Tune never ran it"
+
+
+def fail_orphans(url: str, study_name: str, known: int) -> int:
+    """After a finished sweep: Optuna trials still RUNNING were asked just before a hard kill
+    of the driver, after Tune's last snapshot, so no Tune trial will ever tell them. Mark
+    them FAIL (with a note), so that the study shows no trial running forever. ``known``:
+    the sweep's trial count, reported beside. -> how many were closed."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
+        storage.set_trial_user_attr(t._trial_id, "failed_because", ORPHAN_NOTE)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if running:
+        print(f"Optuna study {study_name}: {len(running)} trial(s) asked before a hard kill and "
+              f"never run marked FAIL ({known} sweep trials kept)", flush=True)
+    return len(running)

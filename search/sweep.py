@@ -229,6 +229,8 @@ def top_configs(trials: pd.DataFrame, plan: SweepPlan) -> list[dict]:
     """The swept values of the best ``retrain_top_k`` trials, best first."""
     metric = plan.study.metric
     ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
+    if "status" in ok:  # a failed trial (non-finite loss, crash) keeps a best-so-far: never it
+        ok = ok[~ok["status"].isin(["FAILED", "ERROR"])]
     out = []
     for _, row in ok.head(plan.retrain_top_k).iterrows():
         hp = {k: row[f"config/{k}"] for k in plan.space}

@@ -46,7 +46,26 @@ CASES = [
     ("unwritable-storage", lambda t: ["--storage-path", str(t / "afile" / "runs")],
      ["--storage-path", "afile", "not writable"]),
     ("unknown-target-modules", ["--target-modules", "q_proj_nope"], ["--target-modules q_proj_nope"]),
+    # --space overrides the study's search dimensions only, with values of their kind
+    ("space-stage", ["--space", "stage=retrain"], ["'stage' is not a search dimension", "learning_rate"]),
+    ("space-model", ["--space", "model=/nope"], ["'model' is not a search dimension"]),
+    ("space-seed", ["--space", "seed=0:5"], ["'seed' is not a search dimension"]),
+    ("space-num-threads", ["--space", "num_threads=64"], ["'num_threads' is not a search dimension"]),
+    ("space-lr-infinite", ["--space", "learning_rate=1e-3:inf"], ["learning_rate 'inf'", "finite"]),
+    ("space-lr-text", ["--space", "learning_rate=abc"],
+     ["learning_rate takes numbers, not 'abc'", "learning_rate=LOW:HIGH"]),
+    ("selection-fraction-tiny", ["--selection-fraction", "0.001"],
+     ["--selection-fraction 0.001", "per class", "selection split"]),
+    ("single-class-training-set", lambda t: ["--data-dir", single_class_dir(t / "d")],
+     ["training set: 3 rows, per class {1: 3}", "two classes"]),
 ]
+
+
+def single_class_dir(root):
+    """Three acceptable training sentences and nothing else (a good dev set)."""
+    out = data_dir(root)
+    (root / "raw" / "in_domain_train.tsv").write_text("\n".join(GOOD[:1] * 3) + "\n")
+    return out
 
 
 def _args(case, tmp_path):
@@ -98,3 +117,61 @@ def test_help_lists_every_flag(tmp_path):
                  "--smoke-test", "--model", "--target-modules", "--data-dir", "--address",
                  "--storage-is-shared", "--max-failures", "--optuna-storage"):
         assert flag in r.stdout, flag
+
+
+@pytest.mark.slow
+def test_space_of_fixed_values_runs_that_configuration(tmp_path, monkeypatch, capsys):
+    """Every dimension fixed: no crash in the searcher; one trial evaluates that configuration."""
+    import pandas as pd
+
+    fixed = ["learning_rate=0.002", "lora_r=4", "lora_alpha=8", "lora_dropout=0.0",
+             "batch_size=16", "weight_decay=0.0"]
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--num-samples", "3", "--max-epochs", "1",
+                               "--retrain-top-k", "0", "--storage-path", str(tmp_path / "runs"),
+                               *[a for f in fixed for a in ("--space", f)]],
+                 tmp_path, monkeypatch, capsys)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "one trial evaluates that configuration" in r.stdout
+    trials = pd.read_csv(next((tmp_path / "runs").glob("*/trials.csv")))
+    assert len(trials) == 1
+    assert trials.filter(like="learning_rate").iloc[0, 0] == 0.002
+
+
+def test_teacher_without_model_type_or_with_three_labels_exits_2(tmp_path, monkeypatch, capsys,
+                                                                 tiny_model):
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import REPO
+
+    no_type = tmp_path / "no_type"
+    no_type.mkdir()
+    (no_type / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    three = tmp_path / "three"
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3,
+                                                              pad_token_id=0)
+    torch.manual_seed(0)
+    peft = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["c_attn"]))
+    peft.save_pretrained(three)
+    script = REPO / "search" / "cola_kd.py"
+    for teacher, needle in ((no_type, "not a model transformers can load"),
+                            (three, "do not fit a 2-label classifier")):
+        r = run_main(script, ["--smoke-test", "--teacher", str(teacher), "--storage-path",
+                              str(tmp_path / "runs")], tmp_path, monkeypatch, capsys)
+        assert r.returncode == 2 and not r.ray_started, r.stderr[-2000:]
+        assert f"--teacher {str(teacher)!r}" in r.stderr and needle in r.stderr, r.stderr
+        assert not (tmp_path / "runs").exists()
+
+
+def test_empty_cnndm_csv_exits_2(tmp_path, monkeypatch, capsys):
+    from conftest import REPO
+
+    (tmp_path / "empty.csv").write_bytes(b"")
+    r = run_main(REPO / "search" / "cnndm_summarize.py",
+                 ["--smoke-test", "--data-dir", str(tmp_path / "empty.csv"), "--storage-path",
+                  str(tmp_path / "runs")], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and not r.ray_started
+    assert "empty.csv: empty file" in r.stderr and "id, article, highlights" in r.stderr

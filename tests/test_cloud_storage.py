@@ -119,3 +119,21 @@ def test_bad_cloud_storage_exits_2_before_work(s3, tmp_path, monkeypatch, capsys
                                   "--local-mirror", str(mirror)], tmp_path, monkeypatch, capsys,
                     **AWS)
     assert proc.returncode == 2 and "--local-mirror" in proc.stderr
+
+
+def test_pull_refuses_keys_that_leave_the_mirror(s3, tmp_path, monkeypatch):
+    """A bucket key is any string: one with '..' must not be written outside the mirror."""
+    from models.errors import InputError
+    from results.storage import open_remote
+
+    query, client = s3
+    for k, v in AWS.items():
+        monkeypatch.setenv(k, v)
+    client.put_object(Bucket="sweeps", Key="evil/exp/ok.txt", Body=b"ok")
+    client.put_object(Bucket="sweeps", Key="evil/exp/../../../escaped.txt", Body=b"x")
+    assert "evil/exp/../../../escaped.txt" in keys(client, "evil/")
+    remote = open_remote(f"s3://sweeps/evil?{query}", probe=False)
+    mirror = tmp_path / "deep" / "mirror" / "exp"
+    with pytest.raises(InputError, match=r"refusing key .*\.\./\.\./\.\./escaped\.txt"):
+        remote.pull(mirror, "exp")
+    assert not list(tmp_path.rglob("escaped.txt"))

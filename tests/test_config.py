@@ -52,7 +52,7 @@ def test_space_overrides():
     ("lora_r=0,4", "lora_r=0 is not allowed"),
     ("lora_alpha=0,8", "lora_alpha=0 is not allowed"),
     ("lora_dropout=0:1", "lora_dropout=1"),
-    ("lora_rank=4", "unknown name 'lora_rank'"),
+    ("lora_rank=4", "'lora_rank' is not a search dimension"),
     ("lora_r", "expected NAME=SPEC"),
     ("weight_decay=0.1:0.01", "must be below"),
 ])

@@ -49,6 +49,13 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
               for tid, status in statuses.items() if status == "TERMINATED"}
     assert 1 <= len(before) < 8, statuses
     assert not (exp / "retrain.csv").exists()
+    # the trials the interrupt cut short say so; none is "stopped early" by the scheduler
+    cut = pd.read_csv(exp / "trials.csv")
+    ended = [t for t, s in statuses.items() if s in ("TERMINATED", "ERROR")]
+    unfinished = cut[~cut["trial_id"].isin(ended)]
+    assert len(unfinished) >= 1 and set(unfinished["status"]) == {"INTERRUPTED"}, cut
+    assert not unfinished["stopped_early"].any()
+    assert "stopped early" not in out.split("Sweep interrupted")[-1]
 
     # The interrupted driver was a real process (SIGINT); the resumes run in this process
     # (run_main), as the script would run them.
