@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,22 @@ def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
     return records
 
 
+def error_reason(trial_dir: Path) -> str | None:
+    """Why Tune's last attempt of a trial raised, in one line, from its ``error.txt``: the
+    memory monitor's verdict (which node, how full) when it killed the worker, else the last
+    ``...Error: ...`` line of the traceback."""
+    try:
+        lines = [ln.strip() for ln in (Path(trial_dir) / "error.txt").read_text(
+            errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    memory = [ln for ln in lines if "memory monitor" in ln or ln.startswith("Memory on the node")]
+    if memory:
+        return " ".join(memory[:2])[:400]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
+    return (errors[-1] if errors else lines[-1] if lines else "")[:400] or None
+
+
 def _flat_config(config: dict) -> dict:
     return {f"config/{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
             for k, v in config.items()}
@@ -99,7 +116,8 @@ def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
         max_epochs = t.config.get("max_epochs")
         if not t.rows:
             row.update({"status": "ERROR" if t.errored else "NO_RESULTS", "epochs_run": 0,
-                        "stopped_early": False, "patience_stopped": False})
+                        "stopped_early": False, "patience_stopped": False,
+                        "failure": error_reason(t.path) if t.errored else None})
             out.append(row)
             continue
         last = t.rows[-1]
@@ -111,6 +129,8 @@ def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
         patience = bool(last.get("patience_stop"))
         finished = (max_epochs is not None and epochs >= int(max_epochs)) or patience
         failure = last.get("failure") if isinstance(last.get("failure"), str) else None
+        if t.errored and not failure:
+            failure = error_reason(t.path)
         row.update({
             "status": "ERROR" if t.errored else "FAILED" if failure else
             ("TERMINATED" if finished else "STOPPED"),

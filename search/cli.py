@@ -836,7 +836,8 @@ def print_leaderboard(plan, trials, wall_s: float) -> None:
     from results import leaderboard
 
     n_stopped = int(trials["stopped_early"].sum()) if "stopped_early" in trials else 0
-    failed = trials[trials["status"] == "FAILED"] if "status" in trials else trials.iloc[0:0]
+    failed = (trials[trials["status"].isin(["FAILED", "ERROR"])] if "status" in trials
+              else trials.iloc[0:0])
     stops = (f"{n_stopped} stopped early by {SCHEDULERS[plan.scheduler].label}"
              if plan.scheduler != "none" else "no scheduler")
     print(f"\n== Leaderboard ({len(trials)} trials, {stops}, "

