@@ -531,6 +531,49 @@ def _check_same_search(plan, args) -> None:
             plan.mode = recorded.get("search_mode", plan.mode)
 
 
+# Settings a trial may change on --resume without changing the study (how it runs, not what).
+_RUN_ONLY = {"num_threads", "compile", "group_by_length"}
+_DESCRIBE_FLAGS = {"model": "--model", "data": "--data-dir", "rows": "--max-train-samples",
+                   "teacher": "--teacher"}
+
+
+def _check_same_study(plan, describe: dict) -> None:
+    """--resume continues the experiment as it was started: a flag that defines the study
+    (model, data and its subset, space, seed, epochs, trials) given with another value exits
+    2 naming the flag and the recorded value, instead of silently reloading the old sweep."""
+    record = plan.exp_dir / "experiment.json"
+    if not record.is_file():
+        return
+    recorded = json.loads(record.read_text())
+    inside = f"/{plan.name}/"
+
+    def plain(v):
+        """As recorded; a path inside the experiment (the smoke test's model) relative to it,
+        so that a moved experiment still matches."""
+        v = json.loads(json.dumps(v, default=str))
+        return v.split(inside, 1)[1] if isinstance(v, str) and inside in v else v
+
+    checks = [("--num-samples", "num_samples", plan.num_samples),
+              ("--max-epochs", "max_epochs", plan.max_epochs),
+              ("--seed", "search_seed", plan.seed),
+              ("--space", "space", {k: v.describe() for k, v in plan.space.items()})]
+    checks += [(_DESCRIBE_FLAGS.get(k, k), k, v) for k, v in describe.items()
+               if k in _DESCRIBE_FLAGS]
+    fixed = {k: v for k, v in plan.fixed.items() if k not in _RUN_ONLY}
+    old_fixed = {k: v for k, v in recorded.get("fixed", {}).items() if k not in _RUN_ONLY}
+    checks += [(f"--{k.replace('_', '-')}", f"fixed/{k}", fixed.get(k))
+               for k in sorted(set(fixed) | set(old_fixed))]
+    for flag, key, now in checks:
+        before = old_fixed.get(key[6:]) if key.startswith("fixed/") else recorded.get(key)
+        if key in recorded or key.startswith("fixed/"):
+            if plain(now) != plain(before):
+                hint = (" (to run more trials, start a new experiment with --warm-start "
+                        f"{plan.exp_dir})" if flag == "--num-samples" else "")
+                raise InputError(f"{flag} {plain(now)!r}: the experiment {plan.name!r} was started "
+                                 f"with {key.removeprefix('fixed/')} {before!r}; --resume "
+                                 f"continues it as it was started{hint}")
+
+
 def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
     name = exp_dir.name
     where = display(remote, exp_dir.parent, name)
@@ -640,6 +683,7 @@ def _run(study_name, args, prepare, variants) -> int:
         if args.resume:
             for plan in plans:
                 _check_same_search(plan, args)
+                _check_same_study(plan, prepared.describe)
         # --- validation done: from here on we write ---
         for plan in plans:
             plan.exp_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, ray_tmpdir, run_main
 from search.sweep import trial_statuses
 
 
@@ -77,3 +77,32 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     shutil_rm = ray_tmpdir(tmp_path)
     assert not shutil_rm.exists()
     assert json.loads((exp / "experiment.json").read_text())["num_samples"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, needle", [
+    (["--num-samples", "8"], "--num-samples 8: the experiment 'cola_lora' was started with "
+                             "num_samples 6"),
+    (["--max-epochs", "5"], "--max-epochs 5: the experiment 'cola_lora' was started with "
+                            "max_epochs 3"),
+    (["--seed", "3"], "--seed 3: the experiment 'cola_lora' was started with search_seed 0"),
+    (["--space", "lora_r=4,8"], "--space"),
+    (["--max-train-samples", "300"], "--max-train-samples"),
+])
+def test_resume_with_a_changed_study_flag_exits_2(change, needle, cola_smoke, smoke_storage,
+                                                  tmp_path, monkeypatch, capsys):
+    """A finished sweep resumed with a flag that defines the study changed: exit 2 naming the
+    flag and the recorded value (before: the old sweep reloaded, "interrupted", exit 130, and
+    the advice to resume looped)."""
+    import shutil
+
+    assert cola_smoke.returncode == 0
+    storage = tmp_path / "runs"
+    shutil.copytree(smoke_storage / "cola_lora", storage / "cola_lora")
+    before = sorted(p.name for p in (storage / "cola_lora").rglob("*"))
+    args = ["--smoke-test", *SMOKE_SERIAL, "--storage-path", str(storage), "--resume", *change]
+    r = run_main(COLA_SCRIPT, args, tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and not r.ray_started, r.stdout[-2000:] + r.stderr[-2000:]
+    assert needle in r.stderr and "--resume continues it as it was started" in r.stderr, r.stderr
+    assert "interrupted" not in r.stdout + r.stderr
+    assert sorted(p.name for p in (storage / "cola_lora").rglob("*")) == before
