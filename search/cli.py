@@ -137,9 +137,11 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--retrain-seeds", type=positive_int, default=None, help="seeds per retrain")
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
-    g.add_argument("--storage-path", default="ray_results",
+    g.add_argument("--storage-path", default=None,
                    help="where experiments are written: a directory, or cloud storage "
-                        "(s3://bucket/path, gs://bucket/path) that every node of a cluster reaches")
+                        "(s3://bucket/path, gs://bucket/path) that every node of a cluster reaches "
+                        "(default ray_results; ray_results/smoke with --smoke-test, so that a "
+                        "smoke test and the real sweep never share an experiment)")
     g.add_argument("--local-mirror", default=None, metavar="DIR",
                    help="with cloud --storage-path: this machine's copy of the tables, "
                         "experiment.json, optuna.db and retrained models before they are pushed "
@@ -599,6 +601,8 @@ def _run(study_name, args, prepare, variants) -> int:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.storage_path is None:
+        args.storage_path = "ray_results/smoke" if args.smoke_test else "ray_results"
     if args.smoke_test and args.gpus is None:
         args.gpus = 0
     if args.local_mirror and not is_uri(args.storage_path):

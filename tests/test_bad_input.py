@@ -175,3 +175,12 @@ def test_empty_cnndm_csv_exits_2(tmp_path, monkeypatch, capsys):
                   str(tmp_path / "runs")], tmp_path, monkeypatch, capsys)
     assert r.returncode == 2 and not r.ray_started
     assert "empty.csv: empty file" in r.stderr and "id, article, highlights" in r.stderr
+
+
+def test_smoke_tests_default_to_their_own_storage(tmp_path, monkeypatch, capsys):
+    """The README's sequence (smoke test, then the real sweep) must not collide: a smoke test
+    writes under ray_results/smoke/, a real sweep under ray_results/."""
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--resume"], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and "ray_results/smoke/cola_lora" in r.stderr, r.stderr
+    r = run_main(COLA_SCRIPT, ["--resume"], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and "ray_results/cola_lora" in r.stderr, r.stderr
