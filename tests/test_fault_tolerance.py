@@ -159,3 +159,66 @@ def test_a_failed_trial_is_never_picked_for_retrain(tmp_path):
         {"trial_id": "err", "status": "ERROR", study.metric: 0.8, **hp},
         {"trial_id": "good", "status": "TERMINATED", study.metric: 0.5, **hp}])
     assert [c["trial_id"] for c in top_configs(trials, plan)] == ["good"]
+
+
+def _epochs_and_pids(trial_dir):
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    return [r["epoch"] for r in rows], [r["pid"] for r in rows]
+
+
+def _kill_worker_after_two_epochs(args, tmp_path, exp):
+    """Start the sweep, SIGKILL the first trial's worker process once that trial has reported
+    two (checkpointed) epochs; -> (the killed trial's folder, the sweep's output)."""
+    proc = start(args, tmp_path)
+    try:
+        first = lambda: sorted(exp.glob("trial_*/result.json"))  # noqa: E731
+        wait_for(lambda: first() and len(first()[0].read_text().splitlines()) >= 2, proc)
+        trial = first()[0].parent
+        _, pids = _epochs_and_pids(trial)
+        os.kill(pids[-1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return trial, out, proc.returncode
+
+
+@pytest.mark.slow
+def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path, shared_cola):
+    """The retried trial goes on from its last checkpoint: no epoch is run twice, and the epoch
+    after the kill comes from a new worker process."""
+    from conftest import SMOKE_SERIAL
+
+    exp = tmp_path / "runs" / "kw"
+    args = ["--smoke-test", *SMOKE_SERIAL, "--data-dir", str(shared_cola), "--max-train-samples",
+            "2000", "--num-samples", "1", "--max-epochs", "6", "--scheduler", "none",
+            "--retrain-top-k", "0", "--max-failures", "1", "--name", "kw",
+            "--storage-path", str(tmp_path / "runs")]
+    trial, out, code = _kill_worker_after_two_epochs(args, tmp_path, exp)
+    assert code == 0, out[-3000:]
+    epochs, pids = _epochs_and_pids(trial)
+    assert epochs == [1, 2, 3, 4, 5, 6], epochs  # not [1, 2, 1, 2, ...]: from the checkpoint
+    assert len(set(pids)) == 2 and pids[0] != pids[-1]
+    assert (trial / "error.txt").is_file()  # the lost attempt is on record
+
+
+@pytest.mark.slow
+def test_resume_continues_an_errored_trial_from_its_checkpoint(tmp_path, shared_cola, monkeypatch,
+                                                               capsys):
+    """No retries left: the trial ends ERROR; --resume continues it from its checkpoint."""
+    from conftest import SMOKE_SERIAL
+
+    exp = tmp_path / "runs" / "er"
+    args = ["--smoke-test", *SMOKE_SERIAL, "--data-dir", str(shared_cola), "--max-train-samples",
+            "2000", "--num-samples", "1", "--max-epochs", "6", "--scheduler", "none",
+            "--retrain-top-k", "0", "--max-failures", "0", "--name", "er",
+            "--storage-path", str(tmp_path / "runs")]
+    trial, out, _ = _kill_worker_after_two_epochs(args, tmp_path, exp)
+    assert trial_statuses(exp)[trial.name.removeprefix("trial_")] == "ERROR", out[-3000:]
+    before, _ = _epochs_and_pids(trial)
+    assert before[-1] < 6
+    r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    epochs, _ = _epochs_and_pids(trial)
+    assert epochs == list(range(1, 7)), epochs  # went on after epoch before[-1], not from 1
+    assert trial_statuses(exp)[trial.name.removeprefix("trial_")] == "TERMINATED"
