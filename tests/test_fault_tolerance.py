@@ -222,3 +222,41 @@ def test_resume_continues_an_errored_trial_from_its_checkpoint(tmp_path, shared_
     epochs, _ = _epochs_and_pids(trial)
     assert epochs == list(range(1, 7)), epochs  # went on after epoch before[-1], not from 1
     assert trial_statuses(exp)[trial.name.removeprefix("trial_")] == "TERMINATED"
+
+
+@pytest.mark.slow
+def test_three_hard_kills_at_random_points_then_resume_until_done(tmp_path, monkeypatch, capsys):
+    """SIGKILL the driver three times at seeded random moments (each run resumed), then resume
+    to the end: the total is --num-samples, a finished trial's files never change, and the
+    number of finished trials never goes back."""
+    import random
+
+    rng = random.Random(7)
+    storage = tmp_path / "runs"
+    exp = storage / "rk"
+    args = ["--smoke-test", "--num-samples", "8", "--max-epochs", "3", "--retrain-top-k", "1",
+            "--retrain-seeds", "1", "--name", "rk", "--storage-path", str(storage)]
+    finished: dict[str, str] = {}
+    progress = []
+    for attempt in range(3):
+        proc = start(args + (["--resume"] if attempt else []), tmp_path)
+        wait_for(lambda: any(exp.glob("trial_*/result.json")), proc)
+        time.sleep(rng.uniform(1.0, 8.0))
+        if proc.poll() is not None:
+            break  # it finished before this kill: the resumes below still must hold
+        hard_kill(proc)
+        statuses = trial_statuses(exp) if (exp / "tuner.pkl").exists() else {}
+        done = {t: (exp / f"trial_{t}" / "result.json").read_text()
+                for t, st in statuses.items() if st == "TERMINATED"}
+        for t, text in finished.items():
+            assert done.get(t) == text, f"finished trial {t} changed or vanished after a kill"
+        finished = done
+        progress.append(len(done))
+    assert progress == sorted(progress), progress  # never goes back
+    r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 8 and set(trials["trial_id"]) == set(trial_statuses(exp))
+    for t, text in finished.items():
+        assert (exp / f"trial_{t}" / "result.json").read_text() == text, f"{t} was rerun"
+    assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1
