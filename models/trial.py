@@ -75,6 +75,22 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def oom_message(cfg, error: BaseException) -> str:
+    """Why a trial ran out of GPU memory and what to change: its batch size and its share of
+    a GPU (Ray's assignment, from --gpus-per-trial)."""
+    try:
+        import ray
+
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    except Exception:  # noqa: BLE001  (outside Ray: no assignment to report)
+        share = None
+    now = f", now {share:g} GPU per trial" if share else ""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    return (f"OutOfMemoryError: out of GPU memory at batch_size {cfg.batch_size}; lower the "
+            "batch size (--space batch_size=...) or give each trial more of a GPU "
+            f"(--gpus-per-trial{now}) ({first})")
+
+
 def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Callable) -> None:
     import logging
 
@@ -169,6 +185,13 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
             if state.failure is None or state.best_params is not None:  # weights worth scoring
                 final.update(s.final_evaluate(model))
             report(final, state, final=True)
+    except torch.OutOfMemoryError as e:
+        # Out of GPU memory: the same batch on the same share of a GPU fails again, so end
+        # the trial once, saying what to change (a retry would only repeat it).
+        traceback.clear_frames(e.__traceback__)
+        tune.report({config.get("_metric", "failure_metric"): float("nan"),
+                     "epoch": int(last.get("epoch", 0)), "failure": oom_message(cfg, e),
+                     "complete": True, "last_epoch": True, "node_id": node, **provenance})
     except BaseException as e:
         # Tune ends a trial it stops (ASHA, or max_t reached at the last report) by raising
         # SystemExit inside tune.report. The traceback keeps the loop's frames, and with them

@@ -49,11 +49,15 @@ def rows_of(exp):
 
 
 @pytest.mark.slow
-def test_trials_spread_and_survive_a_lost_node(cluster_factory, tmp_path):
+def test_trials_spread_and_survive_a_lost_node(cluster_factory, tmp_path, shared_cola):
     cluster, (w1, w2) = cluster_factory([{"num_cpus": 1}, {"num_cpus": 1}])
     storage = tmp_path / "runs"
     exp = storage / "cola_lora"
+    # Real CoLA sentences, not the smoke set: an epoch takes seconds instead of 0.2 s, so the
+    # trial seen on the second worker at epoch <= 3 is still running when the node goes (with
+    # 0.2 s epochs it sometimes finished all 6 first, and the test failed).
     proc = start(["--smoke-test", "--address", cluster.address, "--storage-is-shared",
+                  "--data-dir", shared_cola, "--max-train-samples", "3000",
                   "--storage-path", storage, "--num-samples", "4", "--max-epochs", "6",
                   "--grace-period", "6", "--retrain-top-k", "0"], tmp_path)
     removed_at = None  # (result file, epoch reported on w2 before the node went)

@@ -260,3 +260,60 @@ def test_three_hard_kills_at_random_points_then_resume_until_done(tmp_path, monk
     for t, text in finished.items():
         assert (exp / f"trial_{t}" / "result.json").read_text() == text, f"{t} was rerun"
     assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1
+
+
+@pytest.mark.slow
+def test_out_of_gpu_memory_fails_the_trial_once_naming_batch_and_share(tmp_path, monkeypatch):
+    """A trial whose step raises torch's OutOfMemoryError (the error a CUDA allocation raises)
+    ends once, FAILED, with a message naming its batch size and GPU share; Tune does not retry
+    it (the same batch would not fit again) and the other trial runs to its end."""
+    import ray
+    import torch
+    from ray import tune
+
+    from conftest import ray_tmpdir
+    from models.config import TrialConfig
+    from models.loop import TrialSetup
+    from models.trial import run_trial
+    from results import trial_frame
+
+    def setup(cfg, data, device):
+        model = torch.nn.Linear(4, 2)
+
+        def loss_fn(m, batch):
+            if cfg.batch_size == 64:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return m(batch["x"]).pow(2).mean()
+
+        return TrialSetup(
+            model=model, loss_fn=loss_fn, steps_per_epoch=2,
+            train_batches=lambda epoch: [{"x": torch.randn(cfg.batch_size, 4)}] * 2,
+            evaluate=lambda m: {"val_loss": 1.0 / (1 + len(m.weight))},
+            best_metric="val_loss", mode="min",
+            save_weights=lambda d: torch.save(model.state_dict(), f"{d}/w.pt"),
+            load_weights=lambda d: model.load_state_dict(torch.load(f"{d}/w.pt")),
+            info={})
+
+    def trainable(config):
+        run_trial(config, data=None, provenance={}, config_cls=TrialConfig, setup_fn=setup)
+
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmpdir(tmp_path)))
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        tune.Tuner(trainable, param_space={"batch_size": tune.grid_search([64, 8]),
+                                           "max_epochs": 2, "_metric": "best_val_loss"},
+                   tune_config=tune.TuneConfig(
+                       trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                   run_config=tune.RunConfig(name="oom", storage_path=str(tmp_path),
+                                             failure_config=tune.FailureConfig(max_failures=2))
+                   ).fit()
+    finally:
+        ray.shutdown()
+    trials = trial_frame(tmp_path / "oom", metric="best_val_loss", mode="min")
+    by_batch = trials.set_index("config/batch_size")
+    assert by_batch.loc[64, "status"] == "FAILED"
+    failure = by_batch.loc[64, "failure"]
+    assert "out of GPU memory at batch_size 64" in failure and "--gpus-per-trial" in failure
+    assert "Tried to allocate 2.00 GiB" in failure
+    assert not list((tmp_path / "oom").glob("trial_*/error.txt"))  # raised nothing: no retry
+    assert by_batch.loc[8, "status"] == "TERMINATED" and by_batch.loc[8, "epochs_run"] == 2
