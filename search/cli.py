@@ -277,6 +277,18 @@ def validate_space(space: dict, config_cls, fixed: dict) -> None:
                 raise InputError(f"search space {name}: {e}") from None
 
 
+def check_batch_fits(space: dict, train_rows: int | None) -> None:
+    """A batch larger than the training split is the whole split at any size: a value that
+    large is a typo, not a setting."""
+    dim = space.get("batch_size")
+    if dim is None or not train_rows:
+        return
+    top = max(dim.edges())
+    if top > train_rows:
+        raise InputError(f"search space batch_size = {dim.describe()}: {top} is more than the "
+                         f"{train_rows} training rows a trial has; allowed: 1 to {train_rows}")
+
+
 def check_storage(path: str) -> Path:
     p = Path(path).expanduser().absolute()
     probe = p
@@ -377,6 +389,7 @@ class Prepared:
     # (study name, space, fixed) -> a trial's peak memory (search.memory.Estimate); None: not
     # estimated
     memory: Callable[[str, dict, dict], object] | None = None
+    train_rows: int | None = None  # rows a sweep trial trains on: the largest sensible batch
 
 
 # Set by quiet_libraries(); workers on other nodes get them through the runtime env.
@@ -664,6 +677,7 @@ def _run(study_name, args, prepare, variants) -> int:
                      "group_by_length": not args.no_length_grouping}
             fixed = {k: v for k, v in fixed.items() if k not in space and k in fields}
             validate_space(space, study.config_cls, fixed)
+            check_batch_fits(space, prepared.train_rows)
             points = (warm_start_points(args.warm_start, study.metric, study.mode, space,
                                         args.warm_start_top)
                       if study.name == warm_study else [])

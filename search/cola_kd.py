@@ -174,6 +174,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
+        train_rows=int(data.meta["fit_rows"]),
         # The student (an embedding and a GRU, a few MB) is small beside its worker process.
         memory=lambda *_: Estimate(int(1.0 * GIB), "the worker process (~0.8 GiB) and a GRU "
                                    "student of a few MB"),

@@ -92,6 +92,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
+        train_rows=int(data.meta["fit_rows"]),
         memory=lambda study, space, fixed: estimate(
             total_params=max(t for _, t in counts.values()),
             trainable_params=max(t for t, _ in counts.values()),

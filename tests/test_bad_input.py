@@ -54,6 +54,8 @@ CASES = [
     ("space-lr-infinite", ["--space", "learning_rate=1e-3:inf"], ["learning_rate 'inf'", "finite"]),
     ("space-lr-text", ["--space", "learning_rate=abc"],
      ["learning_rate takes numbers, not 'abc'", "learning_rate=LOW:HIGH"]),
+    ("space-batch-too-large", ["--space", "batch_size=16,100000"],
+     ["batch_size = {16, 100000}", "100000 is more than the", "training rows", "allowed: 1 to"]),
     ("selection-fraction-tiny", ["--selection-fraction", "0.001"],
      ["--selection-fraction 0.001", "per class", "selection split"]),
     ("single-class-training-set", lambda t: ["--data-dir", single_class_dir(t / "d")],
