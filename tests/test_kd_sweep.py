@@ -42,7 +42,8 @@ def test_kd_smoke_with_baseline_runs_teacher_once(tmp_path, monkeypatch, capsys)
     for col in ("dev_accuracy", "dev_mcc", "params", "size_mb", "cpu_sentences_per_s", "agreement"):
         assert table[col].notna().all(), col
     assert (table["cpu_sentences_per_s"] > 0).all()
-    assert "KD gain in dev MCC" in out and "2 sd" in out
+    assert "KD gain in dev MCC" in out and "pooled seed sd" in out
+    assert any(w in out for w in ("is better", "is worse", "within noise", "one seed each"))
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,12 @@ def test_kd_bad_input(case, tmp_path, three_label_teacher, other_tokenizer, tiny
     for n in needles:
         assert n in r.stderr, (n, r.stderr)
     assert not r.ray_started and not storage.exists()
+
+
+def test_kd_verdict_says_better_worse_or_within_noise():
+    from search.cola_kd import kd_verdict
+
+    assert "better" in kd_verdict(0.10, 0.02)
+    assert "worse" in kd_verdict(-0.1791, 0.0278)  # the case that read as "no difference"
+    assert "within noise" in kd_verdict(0.03, 0.02)
+    assert "one seed" in kd_verdict(0.1, float("nan"))
