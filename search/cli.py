@@ -767,7 +767,20 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     from search import sweep
 
     t0 = time.time()
-    grid = sweep.build_tuner(plan, prepared.data, prov).fit()
+    try:
+        grid = sweep.build_tuner(plan, prepared.data, prov).fit()
+    except Exception as e:  # noqa: BLE001  (only a storage failure is handled; others re-raise)
+        cause = _database_error(e)
+        if cause is None:
+            raise
+        from search.redact import redact_text
+
+        print(f"\nthe Optuna storage {_masked(plan.optuna_url)} stopped answering "
+              f"({redact_text(' '.join(str(cause).split())[:240], plan.optuna_url)}); the sweep "
+              "stopped. Finished trials are kept: once the database is back, run the same "
+              "command plus --resume", file=sys.stderr, flush=True)
+        write_tables(plan)
+        return 1, None
     finished, statuses = sweep.sweep_finished(plan, grid)
     if plan.remote is not None:  # the tables are built from Tune's files
         pull_tune_files(plan.remote, plan.name, plan.exp_dir)
@@ -805,6 +818,19 @@ def push(plan, path: Path) -> None:
     """One file of the mirror to the bucket at once (no-op for local storage)."""
     if plan.remote is not None:
         plan.remote.push(path, plan.name, *path.relative_to(plan.exp_dir).parts)
+
+
+def _database_error(e: BaseException):
+    """The database error somewhere in ``e``'s chain (Tune wraps what the searcher raised), or
+    None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__module__.startswith(("sqlalchemy", "psycopg", "sqlite3")) and \
+                "Error" in type(e).__name__:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def write_tables(plan, known: set[str] | None = None, interrupted: set[str] = frozenset()):

@@ -180,3 +180,17 @@ def run_main(script: Path, args: list[str], tmp: Path, monkeypatch, capsys, **en
         for sig, handler in saved_signals.items():
             signal.signal(sig, handler)
         shutil.rmtree(session_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A PostgreSQL server for the session (tests/postgres.py); skips, saying why, when the
+    server binaries or the driver are absent."""
+    import postgres
+
+    why = postgres.missing()
+    if why:
+        pytest.skip(why)
+    server = postgres.start_server()
+    yield server
+    server.stop("immediate")

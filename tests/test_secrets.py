@@ -50,16 +50,6 @@ def _leaks(root: Path, secret: str) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def pg():
-    why = postgres.missing()
-    if why:
-        pytest.skip(why)
-    server = postgres.start_server()
-    yield server
-    server.stop("immediate")
-
-
 def test_a_closed_port_or_a_wrong_password_exits_2_before_ray(pg, tmp_path, monkeypatch, capsys):
     closed = pg.url().replace(f":{pg.port}/", f":{postgres._free_port()}/")
     for url in (closed, pg.url(password="Wrong-pw-4d2")):
