@@ -23,6 +23,7 @@ from models.errors import ConfigError, InputError
 from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
                              pull_tune_files, push_own_files)
 from search.redact import ENV_OPTUNA_STORAGE, MASK, redact_argv, refuse_credentials_in_uri
+from search.tracking import parse as tracking_parse
 from search.algorithms import (DEFAULT_SEARCHER, OPTUNA_BACKED, SCHEDULERS, SEARCHERS, describe,
                                resolve)
 from search.warm_start import check_study, warm_start_points
@@ -135,6 +136,15 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--retrain-top-k", type=nonneg_int, default=None,
                    help="retrain the best k configurations (0 skips)")
     g.add_argument("--retrain-seeds", type=positive_int, default=None, help="seeds per retrain")
+    g = p.add_argument_group("experiment tracking (Tune's logger callbacks: a run per trial)")
+    g.add_argument("--log-to", type=tracking_parse, default=(), metavar="TRACKERS",
+                   help="comma-separated subset of tensorboard, mlflow, wandb")
+    g.add_argument("--mlflow-tracking-uri", default=None, metavar="URI",
+                   help="MLflow tracking server or store (default $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<storage-path>/mlflow.db)")
+    g.add_argument("--wandb-project", default=None,
+                   help="W&B project (default $WANDB_PROJECT, else peft-sweeps); "
+                        "WANDB_MODE=offline keeps runs on disk")
     g = p.add_argument_group("experiment")
     g.add_argument("--name", default=None, help="experiment name (default: the study's name)")
     g.add_argument("--storage-path", default=None,
@@ -636,6 +646,12 @@ def _run(study_name, args, prepare, variants) -> int:
     else:
         storage = check_storage(args.storage_path)
     check_optuna_storage(args.optuna_storage)
+    trackers = None
+    if args.log_to:
+        from search.tracking import resolve as resolve_tracking
+
+        trackers = resolve_tracking(args.log_to, mlflow_uri=args.mlflow_tracking_uri,
+                                    wandb_project=args.wandb_project, storage=str(storage))
     searcher, scheduler = resolve(args.searcher, args.scheduler)
     name = args.name or study_name
     chosen = variants(args)
@@ -693,7 +709,7 @@ def _run(study_name, args, prepare, variants) -> int:
                 retrain_seeds=args.retrain_seeds, resume=args.resume,
                 max_failures=args.max_failures, reuse_actors=res.address is None,
                 remote=remote,
-                optuna_storage=args.optuna_storage,
+                optuna_storage=args.optuna_storage, tracking=trackers,
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
                 if args.optuna_storage else None))
@@ -743,6 +759,7 @@ def _run(study_name, args, prepare, variants) -> int:
                       "max_failures": plan.max_failures, "address": res.address,
                       "storage": display(plan.remote, plan.storage_path, plan.name),
                       "nodes": res.nodes, **prepared.extra,
+                      **(trackers.describe() if trackers else {}),
                       **provenance()}
             if not (plan.exp_dir / "experiment.json").exists():
                 (plan.exp_dir / "experiment.json").write_text(

@@ -62,6 +62,7 @@ class SweepPlan:
     node_cpus: int = 0  # CPUs of the one machine (0: a cluster, where a job stays on one node)
     memory_per_trial: int = 0  # bytes: Ray's ``memory`` resource of a trial (0: not planned)
     memory_note: dict = field(default_factory=dict)  # how it was planned (printed, recorded)
+    tracking: object = None  # search.tracking.Tracking: trackers given --log-to (None: none)
 
     def __post_init__(self):
         self.metric = self.metric or self.study.metric
@@ -136,6 +137,10 @@ def _run_config(plan: SweepPlan, name: str, parts: tuple = (), *, keep: int, sco
                 reporter=None, callbacks=None, stop=None, verbose: int = 1):
     from ray import tune
 
+    from search.tracking import callbacks as tracker_callbacks
+
+    label = plan.name if name == plan.name else f"{plan.name}/{name}"
+    callbacks = [*(callbacks or []), *tracker_callbacks(plan.tracking, label)] or None
     return tune.RunConfig(
         progress_reporter=reporter,
         name=name, **_storage(plan, *parts),
