@@ -229,6 +229,51 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
     comp = comparison_table(exp) if show_comparison else None
     if comp is not None:
         parts += [f"\n### Comparison (`{exp.comparison_path}`)\n", _md(comp)]
+    parts += tradeoffs_section(exp, out, prefix, show_comparison)
+    return parts
+
+
+# (x, y, label column, x on a log scale) of the comparison tables' trade-offs; modes below.
+_COMPARISON_TRADEOFFS = (("trainable_params_mean", "test_rougeL_mean", "method", True),
+                         ("mean_train_s_mean", "test_rougeL_mean", "method", False),
+                         ("cpu_sentences_per_s", "dev_mcc_mean", "model", True))
+_MODES = {"trainable_params": "min", "trainable_params_mean": "min", "mean_train_s_mean": "min",
+          "test_rougeL_mean": "max", "cpu_sentences_per_s": "max", "dev_mcc_mean": "max"}
+
+
+def tradeoffs_section(exp: Experiment, out: Path, prefix: str, show_comparison: bool) -> list[str]:
+    """Pareto views: the swept metric against trainable parameters over the trials, and the
+    command's comparison (summarization: ROUGE-L against parameters and seconds per epoch;
+    distillation: dev MCC against CPU throughput), non-dominated points marked."""
+    from results.pareto import non_dominated, pareto_figure
+
+    parts = ["\n### Trade-offs (Pareto)\n"]
+    t = exp.trials
+    if len(t) and "trainable_params" in t and exp.metric in t and t["trainable_params"].nunique() > 1:
+        modes = {"trainable_params": "min", exp.metric: exp.mode}
+        name = _save(pareto_figure(t, x="trainable_params", y=exp.metric, modes=modes,
+                                   label=None, title=f"trials: {exp.metric} vs trainable params",
+                                   xlog=True), out / f"{prefix}pareto_trials.png")
+        front = t[non_dominated(t, modes)]
+        parts += [f"![pareto, trials]({name})\n",
+                  f"Non-dominated trials ({len(front)} of {int(t[exp.metric].notna().sum())}): "
+                  + ", ".join(f"`{r.trial_id}` ({exp.metric} {getattr(r, exp.metric):.4g}, "
+                              f"{int(r.trainable_params):,} params)"
+                              for r in front.itertuples()) + "\n"]
+    else:
+        parts.append("_trials: one trainable-parameter count for all, no trade-off to show_\n")
+    c = exp.comparison if show_comparison else None
+    if c is not None and not c.empty:
+        for x, y, label, xlog in _COMPARISON_TRADEOFFS:
+            if x in c and y in c and c[[x, y]].notna().all(axis=1).sum() >= 2:
+                d = c.copy()
+                d[x], d[y] = pd.to_numeric(d[x], errors="coerce"), pd.to_numeric(d[y], errors="coerce")
+                name = _save(pareto_figure(d, x=x, y=y, modes=_MODES, label=label,
+                                           title=f"comparison: {y} vs {x}", xlog=xlog),
+                             out / f"{prefix}pareto_{y}_{x}.png")
+                front = d[non_dominated(d, {x: _MODES[x], y: _MODES[y]})][label]
+                parts += [f"![pareto {y} vs {x}]({name})\n",
+                          f"Non-dominated ({y} vs {x}): {', '.join(map(str, front))}\n"]
     return parts
 
 

@@ -69,6 +69,8 @@ def test_report_of_one_sweep(sweeps, tmp_path, capsys):
     pngs = sorted(out.glob("*.png"))
     for fig in ("learning_curves", "hyperparameters", "parallel_coordinates", "importance"):
         assert any(p.name.endswith(f"_{fig}.png") for p in pngs), fig
+    # the smoke space fixes lora_r: one parameter count, so no trade-off is drawn, and it says so
+    assert "### Trade-offs (Pareto)" in md and "no trade-off to show" in md
     for p in pngs:
         assert non_trivial(p), p
         assert f"]({p.name})" in md  # every figure is linked
@@ -177,3 +179,29 @@ def test_importance_of_equal_scores_is_empty_not_an_error():
     trials.loc[0, "best_val_mcc"] = 0.3
     imp = param_importance(trials, space, metric="best_val_mcc", mode="max")
     assert set(imp["param"]) == set(space) and abs(imp["importance"].sum() - 1) < 1e-6
+
+
+def test_non_dominated_marks_the_pareto_front():
+    import pandas as pd
+
+    from results.pareto import non_dominated
+
+    d = pd.DataFrame({"mcc": [0.5, 0.4, 0.6, 0.5, None], "params": [10, 5, 100, 20, 1]})
+    front = non_dominated(d, {"mcc": "max", "params": "min"})
+    # (0.5, 10) and (0.4, 5) and (0.6, 100) trade off; (0.5, 20) is dominated by (0.5, 10);
+    # a row without a value is never on the front
+    assert list(front) == [True, True, True, False, False]
+
+
+def test_pareto_figure_marks_the_front(tmp_path):
+    import pandas as pd
+
+    from results.pareto import pareto_figure
+
+    d = pd.DataFrame({"trial": list("abcdef"), "val_mcc": [0.1, 0.3, 0.35, 0.2, 0.32, 0.05],
+                      "trainable_params": [1e5, 2e5, 8e5, 4e5, 4e5, 5e4]})
+    fig = pareto_figure(d, x="trainable_params", y="val_mcc", label="trial", xlog=True,
+                        modes={"trainable_params": "min", "val_mcc": "max"}, title="t")
+    assert fig.axes[0].get_title() == "t (n = 6)"
+    fig.savefig(tmp_path / "p.png")
+    assert non_trivial(tmp_path / "p.png")
