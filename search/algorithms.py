@@ -74,8 +74,11 @@ def _optuna(sampler_fn):
 
         from search.optuna_search import PrunedAwareOptunaSearch, SafeRDBStorage
 
+        objectives = getattr(plan, "objectives", None)
+        metric, mode = ([n for n, _ in objectives], [m for _, m in objectives]) if objectives \
+            else (plan.metric, plan.mode)
         return PrunedAwareOptunaSearch(
-            metric=plan.metric, mode=plan.mode, sampler=sampler_fn(plan),
+            metric=metric, mode=mode, sampler=sampler_fn(plan),
             storage=SafeRDBStorage(plan.optuna_url),
             study_name=plan.optuna_study_name, points_to_evaluate=points or None)
 
@@ -101,6 +104,8 @@ SEARCHERS: dict[str, Algorithm] = {
 
 # Searchers whose state is an Optuna study (in optuna.db or --optuna-storage).
 OPTUNA_BACKED = frozenset(n for n in SEARCHERS if n != "bohb")
+# Optuna samplers that model several objectives at once (--objectives).
+MULTI_OBJECTIVE = frozenset({"tpe", "random", "qmc"})
 
 
 def _asha(plan):
@@ -184,5 +189,9 @@ def describe(plan) -> str:
         sched += f", reduction {plan.reduction_factor:g})" if plan.scheduler == "asha" else ")"
     elif plan.scheduler == "hyperband":
         sched += f" (reduction {plan.reduction_factor:g})"
+    objectives = getattr(plan, "objectives", None)
+    if objectives:
+        return (f"{SEARCHERS[plan.searcher].label} (seed {plan.seed}, multi-objective) + {sched}, "
+                "searching " + ", ".join(f"{k} ({m})" for k, m in objectives))
     return (f"{SEARCHERS[plan.searcher].label} (seed {plan.seed}) + {sched}, ranking trials on "
             f"{plan.metric} ({plan.mode})")

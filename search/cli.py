@@ -110,6 +110,10 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         "selection split); CoLA: auc (default), soft_mcc, mcc or loss; "
                         "summarization: loss. Retrain selection and reported figures stay MCC "
                         "and accuracy (summarization: loss)")
+    g.add_argument("--objectives", default=None, metavar="NAME:MODE,NAME:MODE",
+                   help="search several objectives at once with Optuna's multi-objective "
+                        "sampling (needs --scheduler none), e.g. auc:max,trainable_params:min; "
+                        "names: the study's --metric choices and trainable_params")
     g.add_argument("--grace-period", type=positive_int, default=1,
                    help="ASHA and the median rule: epochs before a trial may be stopped")
     g.add_argument("--reduction-factor", type=positive_float, default=2.0,
@@ -518,6 +522,47 @@ def _check_resources(args) -> Resources:
     return res
 
 
+COST_OBJECTIVES = ("trainable_params",)  # recorded in every result row of every study
+
+
+def parse_objectives(text: str | None, study, searcher: str, scheduler: str,
+                     warm_start) -> list[tuple[str, str]] | None:
+    """--objectives NAME:MODE,... -> [(result key, mode)], checked against the study, the
+    searcher and the scheduler."""
+    if not text:
+        return None
+    from search.algorithms import MULTI_OBJECTIVE
+
+    if scheduler != "none":
+        raise InputError(f"--objectives {text}: needs --scheduler none (a scheduler ranks and "
+                         f"stops trials on one metric; --scheduler is {scheduler})")
+    if searcher not in MULTI_OBJECTIVE:
+        raise InputError(f"--objectives {text}: --searcher {searcher} takes one objective; "
+                         f"use one of {', '.join(sorted(MULTI_OBJECTIVE))}")
+    if warm_start:
+        raise InputError(f"--objectives {text}: --warm-start gives one value per "
+                         "configuration; it cannot seed several objectives")
+    out = []
+    for item in text.split(","):
+        name, _, mode = item.strip().partition(":")
+        if mode not in ("max", "min"):
+            raise InputError(f"--objectives {text}: {item!r} needs :max or :min")
+        if name in study.search_metrics:
+            key, natural = study.search_metrics[name]
+            if mode != natural:
+                raise InputError(f"--objectives {text}: {name} is better when {natural}imized, "
+                                 f"not {mode}imized")
+        elif name in COST_OBJECTIVES:
+            key = name
+        else:
+            raise InputError(f"--objectives {text}: unknown objective {name!r}; allowed: "
+                             f"{', '.join([*study.search_metrics, *COST_OBJECTIVES])}")
+        out.append((key, mode))
+    if len(out) < 2 or len({k for k, _ in out}) < len(out):
+        raise InputError(f"--objectives {text}: name two or more different objectives")
+    return out
+
+
 def search_metric(study, name: str | None) -> tuple[str, str]:
     """--metric NAME -> (result key, mode) for ``study``."""
     name = name or study.default_search_metric
@@ -698,6 +743,10 @@ def _run(study_name, args, prepare, variants) -> int:
                                         args.warm_start_top)
                       if study.name == warm_study else [])
             metric, mode = search_metrics[study.name]
+            objectives = parse_objectives(args.objectives, study, searcher, scheduler,
+                                          args.warm_start)
+            if objectives:
+                metric, mode = objectives[0]
             plans.append(sweep.SweepPlan(
                 searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
                 warm_start=points, node_cpus=0 if res.address else cpus,
@@ -709,7 +758,7 @@ def _run(study_name, args, prepare, variants) -> int:
                 retrain_seeds=args.retrain_seeds, resume=args.resume,
                 max_failures=args.max_failures, reuse_actors=res.address is None,
                 remote=remote,
-                optuna_storage=args.optuna_storage, tracking=trackers,
+                optuna_storage=args.optuna_storage, tracking=trackers, objectives=objectives,
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
                 if args.optuna_storage else None))
@@ -745,6 +794,7 @@ def _run(study_name, args, prepare, variants) -> int:
                       "searcher": plan.searcher, "scheduler": plan.scheduler,
                       "search_seed": plan.seed, "search": describe(plan),
                       "search_metric": plan.metric, "search_mode": plan.mode,
+                      "objectives": plan.objectives,
                       "warm_start": ({"from": str(args.warm_start), "points": plan.warm_start}
                                      if plan.warm_start else None),
                       "space": {k: v.describe() for k, v in plan.space.items()},

@@ -49,10 +49,16 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         # Each trial's latest result: HyperBand stops a paused trial without a new one.
         self._last: dict[str, dict] = {}
 
+    @property
+    def _objectives(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
     def _report(self, trial_id: str, result: dict) -> None:
         if result:
-            self._last[trial_id] = {k: result.get(k) for k in (self.metric, "last_epoch",
+            self._last[trial_id] = {k: result.get(k) for k in (*self._objectives, "last_epoch",
                                                                 "failure")}
+        if isinstance(self.metric, list):
+            return  # Optuna keeps no intermediate values for several objectives
         value, step = result.get(self.metric), result.get("epoch")
         done = self._steps.setdefault(trial_id, set())
         if _finite(value) and isinstance(step, int) and step not in done:
@@ -74,9 +80,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             return
         self._report(trial_id, result or {})  # the stopping epoch's value
         result = self._last.pop(trial_id, {})
-        value = result.get(self.metric)
+        values = [result.get(m) for m in self._objectives]
+        value = values[0] if len(values) == 1 else values
         if error or result.get("failure"):
             state, value = TrialState.FAIL, None
+        elif isinstance(self.metric, list):  # no scheduler stops these: finished or failed
+            finite = all(_finite(v) for v in values)
+            state = TrialState.COMPLETE if finite else TrialState.FAIL
+            value = [float(v) for v in values] if finite else None
         elif result.get("last_epoch") and _finite(value):
             state, value = TrialState.COMPLETE, float(value)
         elif self._steps.get(trial_id):  # stopped by the scheduler

@@ -63,6 +63,9 @@ class SweepPlan:
     memory_per_trial: int = 0  # bytes: Ray's ``memory`` resource of a trial (0: not planned)
     memory_note: dict = field(default_factory=dict)  # how it was planned (printed, recorded)
     tracking: object = None  # search.tracking.Tracking: trackers given --log-to (None: none)
+    # --objectives: [(result column, "max"/"min")], several at once (Optuna multi-objective);
+    # None: the one metric above
+    objectives: list | None = None
 
     def __post_init__(self):
         self.metric = self.metric or self.study.metric

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main
 from search.sweep import retrain_threads
 
 QUICK = ["--smoke-test", "--num-samples", "3", "--max-epochs", "2", "--retrain-top-k", "0"]
@@ -196,3 +196,52 @@ def test_resume_keeps_the_recorded_search(cola_smoke, smoke_storage, tmp_path, m
         assert f"{flag} {value}" in r.stderr and recorded in r.stderr, r.stderr
         assert not r.ray_started
     assert sorted(p.name for p in (storage / "cola_lora").iterdir()) == before
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--objectives", "auc:max,trainable_params:min"], "needs --scheduler none"),
+    (["--objectives", "auc:max,trainable_params:min", "--scheduler", "none", "--searcher",
+      "cmaes"], "--searcher cmaes takes one objective"),
+    (["--objectives", "auc:min,trainable_params:min", "--scheduler", "none"],
+     "auc is better when maximized"),
+    (["--objectives", "auc:max,speed:max", "--scheduler", "none"], "unknown objective 'speed'"),
+    (["--objectives", "auc:max", "--scheduler", "none"], "two or more different objectives"),
+])
+def test_bad_objectives_exit_2(extra, needle, tmp_path, monkeypatch, capsys):
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--storage-path", str(tmp_path / "runs"), *extra],
+                 tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and not r.ray_started and needle in r.stderr, r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_objectives_give_a_pareto_front_in_optuna(tmp_path, monkeypatch, capsys):
+    """MCC-like AUC up, trainable parameters down, LoRA rank swept: every trial is told to
+    Optuna with both values; the study's best trials are its non-dominated ones, and the
+    report draws the trade-off."""
+    import optuna
+
+    from results.pareto import non_dominated
+
+    runs = tmp_path / "runs"
+    r = run_main(COLA_SCRIPT, ["--smoke-test", *SMOKE_SERIAL, "--num-samples", "5",
+                               "--max-epochs", "2", "--retrain-top-k", "0", "--scheduler", "none",
+                               "--objectives", "auc:max,trainable_params:min",
+                               "--space", "lora_r=2,4,8", "--storage-path", str(runs)],
+                 tmp_path, monkeypatch, capsys)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "multi-objective" in r.stdout
+    exp = runs / "cola_lora"
+    record = json.loads((exp / "experiment.json").read_text())
+    assert record["objectives"] == [["best_val_auc", "max"], ["trainable_params", "min"]]
+    study = optuna.load_study(study_name=record["optuna_study"],
+                              storage=f"sqlite:///{exp / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert len(study.trials) == 5
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2
+               for t in study.trials)
+    trials = pd.read_csv(exp / "trials.csv")
+    # (the tables keep each trial's last result row: its best-so-far AUC at the end)
+    front = trials[non_dominated(trials, {"last_best_val_auc": "max", "trainable_params": "min"})]
+    assert {round(t.values[0], 8) for t in study.best_trials} == \
+        {round(v, 8) for v in front["last_best_val_auc"]}
