@@ -73,6 +73,13 @@ def resolve(names: tuple, *, mlflow_uri: str | None, wandb_project: str | None,
                                  "--mlflow-tracking-uri (or $MLFLOW_TRACKING_URI)")
             # SQLite: MLflow 3 keeps its file store in maintenance mode (refused by default).
             uri = "sqlite:///" + os.path.abspath(os.path.join(storage, "mlflow.db"))
+        from search.redact import redact_url, url_secrets
+
+        if url_secrets(uri):  # the callback is pickled with the Tuner (tuner.pkl)
+            raise InputError(f"--mlflow-tracking-uri {redact_url(uri)!r}: the URI carries "
+                             "credentials, which would be recorded with the experiment; put "
+                             "them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                             "MLFLOW_TRACKING_TOKEN) instead")
     project = None
     if "wandb" in names:
         project = wandb_project or os.environ.get("WANDB_PROJECT") or "peft-sweeps"

@@ -31,6 +31,14 @@ def test_missing_tracker_package_names_the_extra(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+def test_credentials_in_the_mlflow_uri_exit_2(tmp_path, monkeypatch, capsys):
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--log-to", "mlflow", "--mlflow-tracking-uri",
+                               "https://me:S3cr3t-ml@mlflow.internal", "--storage-path",
+                               str(tmp_path / "runs")], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in r.stderr
+    assert "S3cr3t-ml" not in r.stdout + r.stderr and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_every_tracker_gets_a_run_per_trial_with_its_epochs(tmp_path):
     from mlflow.tracking import MlflowClient
