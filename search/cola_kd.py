@@ -211,7 +211,7 @@ def cpu_throughput(model, ids, pad_id: int, batch_size: int = 64) -> float:
 
     def one_pass():
         for b in classification_batches(ids, np.zeros(len(ids)), batch_size=batch_size, pad_id=pad_id):
-            model(b["input_ids"], b["attention_mask"])
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
 
     with torch.inference_mode():
         one_pass()

@@ -67,10 +67,10 @@ def test_memory_limits_trials_at_once(tmp_path, monkeypatch, capsys):
                                "--retrain-top-k", "0", "--memory-per-trial", f"{per_trial:.2f}"],
                  tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stderr[-2000:]
-    exp = json.loads(next((tmp_path / "ray_results").glob("*/experiment.json")).read_text())
+    exp = json.loads(next((tmp_path / "ray_results").glob("**/experiment.json")).read_text())
     assert exp["concurrency"] == 1 and exp["memory"]["fit"] == 1
     assert "1 trials at a time" in r.stdout and "GiB per trial (--memory-per-trial)" in r.stdout
-    epochs = __import__("pandas").read_csv(next((tmp_path / "ray_results").glob("*/epochs.csv")))
+    epochs = __import__("pandas").read_csv(next((tmp_path / "ray_results").glob("**/epochs.csv")))
     assert epochs["trial_id"].nunique() == 2
 
 

@@ -71,7 +71,7 @@ def test_a_sweep_and_its_resume_keep_the_password_off_disk(pg, tmp_path):
     import optuna
 
     args = ["--smoke-test", *SMOKE_SERIAL, "--num-samples", "2", "--max-epochs", "2",
-            "--retrain-top-k", "0", "--name", "pg"]
+            "--retrain-top-k", "0", "--name", "pg", "--storage-path", str(tmp_path / "ray_results")]
     first = run_cli(COLA_SCRIPT, [*args, "--optuna-storage", pg.url()], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     exp = tmp_path / "ray_results" / "pg"
