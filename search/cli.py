@@ -851,10 +851,14 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     finished, statuses = sweep.sweep_finished(plan, grid)
     if plan.remote is not None:  # the tables are built from Tune's files
         pull_tune_files(plan.remote, plan.name, plan.exp_dir)
-    trials, _ = write_tables(plan, known=set(statuses),
-                             interrupted=set() if finished else {
-                                 t for t, st in statuses.items()
-                                 if st not in ("TERMINATED", "ERROR")})
+    interrupted = set()
+    if not finished:
+        # Which trials the interrupt cut short: the experiment snapshot says (Tune's in-memory
+        # statuses mark the trials it stopped on the interrupt TERMINATED too).
+        where = sweep._storage(plan, plan.name)
+        snapshot = sweep.trial_statuses(where["storage_path"], where.get("storage_filesystem"))
+        interrupted = {t for t, st in snapshot.items() if st not in ("TERMINATED", "ERROR")}
+    trials, _ = write_tables(plan, known=set(statuses), interrupted=interrupted)
     if finished and plan.resume and plan.searcher in OPTUNA_BACKED:
         from search.optuna_search import fail_orphans
 
