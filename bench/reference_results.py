@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="the GPU budget (whole training set)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all Ray finds)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--render-only", action="store_true",
+                   help="write the table from the experiments already in --out (no runs)")
     p.add_argument("--studies", nargs="+", default=["cola", "kd", "sum"],
                    choices=["cola", "kd", "sum"],
                    help="a subset (kd needs cola's retrained adapter in --out)")
@@ -188,7 +190,7 @@ def cola_section(exp: Path) -> list[str]:
 
     best = best_runs(exp)
     cfg = {c[len("config/"):]: best[c].iloc[0] for c in best if c.startswith("config/lora")
-           or c in ("config/learning_rate", "config/batch_size")}
+           or c in ("config/learning_rate", "config/batch_size", "config/weight_decay")}
     lines = ["### CoLA + LoRA (GLUE dev; selection on a held-out slice of train)", "",
              "| model | split | accuracy | MCC |", "| --- | --- | --- | --- |"]
     for split, label in (("dev", "dev (all)"), ("dev_in", "in-domain"), ("dev_out", "out-of-domain")):
@@ -202,12 +204,13 @@ def cola_section(exp: Path) -> list[str]:
             share = float(np.mean(ys))
             lines.append(f"| majority class (baseline) | {split} | {max(share, 1 - share):.4f} "
                          f"| 0.0000 |")
-    lines += ["", f"Best configuration: {', '.join(f'{k} = {v}' for k, v in cfg.items())}; "
+    show = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines += ["", f"Best configuration: {', '.join(f'{k} = {show(v)}' for k, v in cfg.items())}; "
               f"trainable parameters {int(best['trainable_params'].iloc[0]):,}.", ""]
     return lines
 
 
-def kd_section(exp: Path) -> list[str]:
+def kd_section(exp: Path, model_name: str = "the base model") -> list[str]:
     import pandas as pd
 
     table = pd.read_csv(exp / "comparison.csv")
@@ -216,9 +219,10 @@ def kd_section(exp: Path) -> list[str]:
              "| --- | --- | --- | --- | --- |"]
     kd = {}
     for _, r in table.iterrows():
-        label = r["model"]
+        # the teacher's base model by name, not by this machine's cache path
+        label = re.sub(r" on \S+\)$", f" on {model_name})", str(r["model"]))
         jobs = None
-        if label in ("KD student", "scratch student"):
+        if r["model"] in ("KD student", "scratch student"):
             d = exp if label == "KD student" else exp.parent / (exp.name + "-scratch")
             jobs = best_runs(d)
             kd[label] = list(jobs["dev_mcc"])
@@ -283,6 +287,8 @@ def main(argv=None) -> int:
     common = ["--storage-path", str(out), "--seed", str(args.seed), "--retrain-top-k", "1",
               *resources(args)]
     walls = {}
+    if args.render_only:
+        args.studies = []
     if "cola" in args.studies:
         b = budget["cola"]
         walls["CoLA + LoRA"] = run_study("cola_lora.py", [
@@ -331,10 +337,20 @@ def write_dev_labels(exp: Path, cola_dir: Path) -> None:
 
 
 def render(args, out: Path, budget: dict, walls: dict, total_s: float, baselines, prov) -> str:
-    cmd = "python bench/reference_results.py " + " ".join(
-        a for a in sys.argv[1:]) if sys.argv[1:] else "python bench/reference_results.py"
+    # The command as anyone reruns it: the model by file name, no --out / --render-only /
+    # --studies (this machine's paths and how the run was split are not part of it).
+    cmd = (f"python bench/reference_results.py --model {Path(args.model).name} --data-root "
+           f"{args.data_root}" + (" --full" if args.full else ""))
+    commits = {}
+    for label, d in (("CoLA + LoRA", "ref-cola-lora"), ("distillation", "ref-cola-kd"),
+                     ("summarization", "ref-sum-lora")):
+        f = out / d / "experiment.json"
+        if f.is_file():
+            commits[label] = json.loads(f.read_text()).get("git_commit", "?")[:7]
     lines = [f"## Reference results ({'--full' if args.full else 'CPU budget'})", "",
-             f"Command: `{cmd}`  ", f"Commit: {prov.get('commit', '?')}; hardware: {hardware()}  ",
+             f"Command: `{cmd}`  ",
+             "Commits (as each experiment recorded it): "
+             + ", ".join(f"{k} {v}" for k, v in commits.items()) + f"; hardware: {hardware()}  ",
              f"Model: {Path(args.model).name}; wall time {total_s / 60:.1f} min ("
              + ", ".join(f"{k} {v / 60:.1f}" for k, v in walls.items()) + ")", "",
              "Budget: " + "; ".join(f"{k}: " + ", ".join(f"{kk} {vv}" for kk, vv in v.items()
@@ -343,7 +359,7 @@ def render(args, out: Path, budget: dict, walls: dict, total_s: float, baselines
     if (out / "ref-cola-lora" / "retrain_runs.csv").is_file():
         lines += cola_section(out / "ref-cola-lora")
     if (out / "ref-cola-kd" / "comparison.csv").is_file():
-        lines += kd_section(out / "ref-cola-kd")
+        lines += kd_section(out / "ref-cola-kd", Path(args.model).name)
     if baselines or (out / "ref-sum-lora").is_dir():
         lines += sum_section(out, "ref-sum", baselines)
     lines += ["Means ± sample sd over retrain seeds of the best configuration (n = seeds); "
