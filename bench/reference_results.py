@@ -346,7 +346,8 @@ def render(args, out: Path, budget: dict, walls: dict, total_s: float, baselines
                      ("summarization", "ref-sum-lora")):
         f = out / d / "experiment.json"
         if f.is_file():
-            commits[label] = json.loads(f.read_text()).get("git_commit", "?")[:7]
+            c = json.loads(f.read_text()).get("git_commit", "?")
+            commits[label] = c[:7] + (" (uncommitted changes)" if c.endswith("-dirty") else "")
     lines = [f"## Reference results ({'--full' if args.full else 'CPU budget'})", "",
              f"Command: `{cmd}`  ",
              "Commits (as each experiment recorded it): "
