@@ -166,6 +166,17 @@ def _epochs_and_pids(trial_dir):
     return [r["epoch"] for r in rows], [r["pid"] for r in rows]
 
 
+def _one_slow_trial(tmp_path, shared_cola, name: str, *, max_failures: int) -> list[str]:
+    """One trial of 6 epochs on 2,000 real CoLA sentences (epochs of seconds, so a kill after
+    epoch 2 lands mid-trial), no scheduler, no retrain."""
+    from conftest import SMOKE_SERIAL
+
+    return ["--smoke-test", *SMOKE_SERIAL, "--data-dir", str(shared_cola), "--max-train-samples",
+            "2000", "--num-samples", "1", "--max-epochs", "6", "--scheduler", "none",
+            "--retrain-top-k", "0", "--max-failures", str(max_failures), "--name", name,
+            "--storage-path", str(tmp_path / "runs")]
+
+
 def _kill_worker_after_two_epochs(args, tmp_path, exp):
     """Start the sweep, SIGKILL the first trial's worker process once that trial has reported
     two (checkpointed) epochs; -> (the killed trial's folder, the sweep's output)."""
@@ -187,13 +198,8 @@ def _kill_worker_after_two_epochs(args, tmp_path, exp):
 def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path, shared_cola):
     """The retried trial goes on from its last checkpoint: no epoch is run twice, and the epoch
     after the kill comes from a new worker process."""
-    from conftest import SMOKE_SERIAL
-
     exp = tmp_path / "runs" / "kw"
-    args = ["--smoke-test", *SMOKE_SERIAL, "--data-dir", str(shared_cola), "--max-train-samples",
-            "2000", "--num-samples", "1", "--max-epochs", "6", "--scheduler", "none",
-            "--retrain-top-k", "0", "--max-failures", "1", "--name", "kw",
-            "--storage-path", str(tmp_path / "runs")]
+    args = _one_slow_trial(tmp_path, shared_cola, "kw", max_failures=1)
     trial, out, code = _kill_worker_after_two_epochs(args, tmp_path, exp)
     assert code == 0, out[-3000:]
     epochs, pids = _epochs_and_pids(trial)
@@ -206,13 +212,8 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint(tmp_path, shared_cola
 def test_resume_continues_an_errored_trial_from_its_checkpoint(tmp_path, shared_cola, monkeypatch,
                                                                capsys):
     """No retries left: the trial ends ERROR; --resume continues it from its checkpoint."""
-    from conftest import SMOKE_SERIAL
-
     exp = tmp_path / "runs" / "er"
-    args = ["--smoke-test", *SMOKE_SERIAL, "--data-dir", str(shared_cola), "--max-train-samples",
-            "2000", "--num-samples", "1", "--max-epochs", "6", "--scheduler", "none",
-            "--retrain-top-k", "0", "--max-failures", "0", "--name", "er",
-            "--storage-path", str(tmp_path / "runs")]
+    args = _one_slow_trial(tmp_path, shared_cola, "er", max_failures=0)
     trial, out, _ = _kill_worker_after_two_epochs(args, tmp_path, exp)
     status = lambda: pd.read_csv(exp / "trials.csv").set_index("trial_id").loc[  # noqa: E731
         trial.name.removeprefix("trial_"), "status"]
