@@ -144,7 +144,7 @@ def summarization_baselines(args, budget: dict) -> list[dict]:
     n = budget["rouge_samples"]
     test = articles.test[:n]
     refs = [s for _, s in test]
-    rows = [{"method": "Lead-3 (baseline)", "seeds": 1, "trainable_params": 0,
+    rows = [{"method": "Lead-3 (baseline)", "n_seeds": 1, "trainable_params": 0,
              **{f"test_{k}": v for k, v in rouge([lead3(a) for a, _ in test], refs).items()}}]
     model_dir = resolve_model(args.model, flag="--model")
     tok = load_tokenizer(model_dir)
@@ -165,7 +165,7 @@ def summarization_baselines(args, budget: dict) -> list[dict]:
     (out / "zero_shot_summaries.jsonl").write_text(summaries_jsonl(preds, refs))
     (out / "lead3_summaries.jsonl").write_text(
         summaries_jsonl([lead3(a) for a, _ in test], refs))
-    rows.append({"method": "zero-shot (untuned model)", "seeds": 1, "trainable_params": 0,
+    rows.append({"method": "zero-shot (untuned model)", "n_seeds": 1, "trainable_params": 0,
                  "total_params": count_parameters(model)["total_params"], "test_loss": loss,
                  "generate_s": time.time() - t0,
                  **{f"test_{k}": v for k, v in rouge(preds, refs).items()}})
@@ -189,8 +189,8 @@ def cola_section(exp: Path) -> list[str]:
     import numpy as np
 
     best = best_runs(exp)
-    cfg = {c[len("config/"):]: best[c].iloc[0] for c in best if c.startswith("config/lora")
-           or c in ("config/learning_rate", "config/batch_size", "config/weight_decay")}
+    cfg = {c: best[c].iloc[0] for c in best if c.startswith("lora_")
+           or c in ("learning_rate", "batch_size", "weight_decay")}
     lines = ["### CoLA + LoRA (GLUE dev; selection on a held-out slice of train)", "",
              "| model | split | accuracy | MCC |", "| --- | --- | --- | --- |"]
     for split, label in (("dev", "dev (all)"), ("dev_in", "in-domain"), ("dev_out", "out-of-domain")):

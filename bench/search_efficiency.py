@@ -59,11 +59,18 @@ def parse_args(argv=None):
     p.add_argument("--cpus", type=int, default=2, help="trials at a time, one CPU each")
     p.add_argument("--pairs", default="all",
                    help="comma-separated searcher:scheduler pairs, or all (default)")
+    p.add_argument("--startup-trials", type=int, default=None,
+                   help="random trials before tpe, gp and cmaes model (default: half the "
+                        "full-length trials the budget buys, budget / max-epochs / 2)")
     p.add_argument("--metric", default=None, help="--metric of the sweeps (default: the study's)")
     p.add_argument("--out", default="bench_out/search_efficiency")
     args = p.parse_args(argv)
     if not args.tokenizer:
         p.error("--tokenizer: no default (all-MiniLM-L6-v2 is not installed); name a directory")
+    if args.startup_trials is None:
+        # num_samples here is only an upper bound (the budget stops the sweep), so the CLI's
+        # default (a third of it) would leave most of a run random.
+        args.startup_trials = max(2, args.budget // args.max_epochs // 2)
     pairs = ALL_PAIRS if args.pairs == "all" else [tuple(x.split(":")) for x in args.pairs.split(",")]
     args.pairs = list(dict.fromkeys([REFERENCE, *pairs]))
     return args
@@ -131,6 +138,7 @@ def run_one(args, data, searcher: str, scheduler: str, seed: int, root: Path) ->
         # fit in the budget (the stopper ends them).
         num_samples=args.budget // args.max_epochs if full else args.budget,
         max_epochs=args.max_epochs, grace_period=1, reduction_factor=2, seed=seed,
+        startup_trials=args.startup_trials,
         cpus_per_trial=1, gpus_per_trial=0, concurrency=args.cpus, retrain_top_k=0,
         retrain_seeds=1, searcher=searcher, scheduler=scheduler, metric=metric, mode=mode)
     stop, record = _callbacks(args.budget)
@@ -233,9 +241,13 @@ def main(argv=None) -> None:
     t0 = time.time()
     data = load_data(args)
     print(f"data: {data.cola.meta}; budget {args.budget} trial-epochs, max {args.max_epochs} "
-          f"epochs, {args.repeats} repeats, {len(args.pairs)} pairs, {args.cpus} trials at a time",
+          f"epochs, {args.repeats} repeats, {len(args.pairs)} pairs, {args.cpus} trials at a time, "
+          f"{args.startup_trials} random start-up trials (tpe, gp, cmaes)",
           flush=True)
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per study otherwise
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="search-eff-") as tmp:

@@ -148,7 +148,8 @@ def dropout_ab(args, model_name, data, *, rounds: int = 3, steps: int = 40) -> t
     s.model.train()
 
     def step(b):
-        s.loss_fn(s.model, b).backward()
+        loss = s.loss_fn(s.model, b)
+        (loss[0] if isinstance(loss, tuple) else loss).backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

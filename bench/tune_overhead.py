@@ -151,7 +151,7 @@ def main() -> None:
     from search.sweep import SweepPlan, build_tuner
     from spaces.dims import LogUniform
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR")
     storage = Path(tempfile.mkdtemp(prefix="tune-overhead-"))
     rows = []
 

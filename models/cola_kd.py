@@ -18,6 +18,7 @@ from models.config import TrialConfig, require
 from models.hf import count_parameters
 from models.kd_loss import kd_loss
 from models.loop import TrialSetup
+from models.metrics import confusion_counts, confusion_metrics
 from models.student import GRUStudent
 
 WEIGHTS = "student.safetensors"
@@ -104,8 +105,10 @@ def setup(cfg: ColaKDConfig, data: KDData, device) -> TrialSetup:
                                       extra={"teacher_logits": soft})
 
     def loss_fn(m, batch):
-        return kd_loss(_forward(m, batch), batch["teacher_logits"], batch["labels"],
+        logits = _forward(m, batch)
+        loss = kd_loss(logits, batch["teacher_logits"], batch["labels"],
                        fraction=cfg.kd_fraction, temperature=cfg.kd_temperature)
+        return loss, confusion_counts(logits, batch["labels"])
 
     def save(path: str):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(path) / WEIGHTS))
@@ -121,6 +124,7 @@ def setup(cfg: ColaKDConfig, data: KDData, device) -> TrialSetup:
                                 reference=lambda s: data.teacher_logits(s).argmax(-1)),
         best_metric=metric, mode="max", save_weights=save, load_weights=load,
         info=count_parameters(model), track=stage_track(cfg.stage),
+        train_stats=confusion_metrics,
     )
 
 

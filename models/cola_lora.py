@@ -14,6 +14,7 @@ from models.config import TrialConfig
 from models.hf import count_parameters, load_sequence_classifier
 from models.lora import add_lora, validate_lora_fields
 from models.loop import TrialSetup
+from models.metrics import confusion_counts, confusion_metrics
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def _forward(model, batch):
 
 
 def _loss(model, batch):
-    return model(**batch).loss
+    out = model(**batch)
+    return out.loss, confusion_counts(out.logits, batch["labels"])
 
 
 def setup(cfg: ColaLoraConfig, data: ColaData, device) -> TrialSetup:
@@ -70,6 +72,7 @@ def setup(cfg: ColaLoraConfig, data: ColaData, device) -> TrialSetup:
         evaluate=make_evaluator(data, evals, forward=_forward, device=device),
         best_metric=metric, mode="max", save_weights=save, load_weights=load,
         info=count_parameters(model), track=stage_track(cfg.stage),
+        train_stats=confusion_metrics,
     )
 
 

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from models.console import Heartbeat
 from models.errors import InputError
 
 MAGIC = b"GGUF"
@@ -43,6 +44,10 @@ def is_gguf(name: str) -> bool:
         return False
     with open(p, "rb") as f:
         return f.read(4) == MAGIC
+
+
+def _print_err(msg: str, flush: bool = True) -> None:
+    print(msg, file=sys.stderr, flush=flush)
 
 
 def _say(msg: str) -> None:
@@ -126,8 +131,8 @@ def _convert_into(path: Path, out: Path, flag: str) -> None:
     try:
         _say(f"{f}: reading the tokenizer")
         tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        _say(f"{f}: dequantizing the weights (a progress bar follows)")
-        loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+        with Heartbeat(f"[gguf] {f}: dequantizing the weights", out=_print_err):
+            loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
     except Exception as e:
         raise InputError(f"{flag} {str(path)!r}: transformers could not load it "
                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"

@@ -28,6 +28,7 @@ class LoopState:
     failure: str | None = None  # why training ended early with an error (non-finite loss)
     train_s_total: float = 0.0  # training seconds (no evaluation) over all epochs
     peak_mem_mb: float = 0.0  # highest per-epoch peak so far
+    train_mem_mb: float = 0.0  # highest per-epoch peak above the loaded model, so far
     # CPU copies of the trainable parameters at the best epoch (only with keep_best): put
     # back into the model when training ends, so the final model is the best one.
     best_params: dict | None = None
@@ -119,6 +120,19 @@ class PeakMemory:
         except OSError:
             pass
 
+    def current_mb(self) -> float:
+        """What the process holds now (CUDA: allocated; CPU: resident set)."""
+        if self.cuda:
+            return torch.cuda.memory_allocated() / 2**20
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
     def peak_mb(self) -> float:
         if self.cuda:
             return torch.cuda.max_memory_allocated() / 2**20
@@ -153,6 +167,7 @@ def train_loop(
     patience: int | None = None,
     keep_best: bool = False,
     track: dict[str, str] | None = None,
+    train_stats: Callable[[dict], dict] | None = None,
 ) -> LoopState:
     """Train from ``state.epoch + 1`` to ``max_epochs``; after each epoch evaluate and call
     ``report(metrics, state)`` with train_loss, the evaluation's metrics,
@@ -165,11 +180,17 @@ def train_loop(
     scalar; ``evaluate(model)`` returns a flat dict of floats that contains ``best_metric``.
     ``grad_accum`` micro-batches make one optimizer step (the scheduler counts steps).
     ``patience``: stop after that many epochs without a new best. ``keep_best``: when
-    training ends, the trainable parameters of the best epoch are put back.
+    training ends, the trainable parameters of the best epoch are put back. ``loss_fn`` may
+    return ``(loss, counts)``, a dict of count tensors summed over the epoch on the device and
+    turned into training metrics by ``train_stats`` (e.g. accuracy of the training batches, as
+    the model was while it trained on them: dropout on, weights moving).
     """
     state = state or LoopState()
     params = [p for p in model.parameters() if p.requires_grad]
     memory = PeakMemory(device)
+    # The loaded model (and, on a CPU, the interpreter and libraries): what a method's training
+    # adds above it (activations, gradients, optimizer state) is what tells methods apart.
+    base_mb = memory.current_mb()
     for epoch in range(state.epoch + 1, max_epochs + 1):
         if state.stopped:
             break
@@ -178,12 +199,17 @@ def train_loop(
         model.train()
         # Sum on device; .item() once per epoch avoids a host sync per step.
         loss_sum = torch.zeros((), device=device)
+        counts: dict[str, torch.Tensor] = {}
         n_batches = 0
         optimizer.zero_grad(set_to_none=True)
         for batch in train_batches(epoch):
             batch = to_device(batch, device)
             with autocast(device):
                 loss = loss_fn(model, batch)
+            if isinstance(loss, tuple):
+                loss, batch_counts = loss
+                for k, v in batch_counts.items():
+                    counts[k] = counts[k] + v.detach() if k in counts else v.detach()
             (loss / grad_accum if grad_accum > 1 else loss).backward()
             loss_sum += loss.detach()
             n_batches += 1
@@ -203,6 +229,8 @@ def train_loop(
             metrics = {best_metric: float("nan"), "failure": state.failure}
         else:
             metrics = dict(evaluate(model))
+            if train_stats is not None and counts:
+                metrics.update(train_stats({k: float(v) for k, v in counts.items()}))
         value = metrics[best_metric]
         if better(value, state.best, mode):
             state.best, state.since_best = value, 0
@@ -219,6 +247,7 @@ def train_loop(
         state.train_s_total += train_s
         peak = memory.peak_mb()
         state.peak_mem_mb = max(state.peak_mem_mb, peak)
+        state.train_mem_mb = max(state.train_mem_mb, max(peak - base_mb, 0.0))
         for name, direction in (track or {}).items():
             if name != best_metric:
                 value = metrics.get(name, float("nan"))
@@ -235,6 +264,8 @@ def train_loop(
             "peak_mem_mb": peak,
             "mean_train_s": state.train_s_total / epoch,
             "max_peak_mem_mb": state.peak_mem_mb,
+            "train_mem_mb": max(peak - base_mb, 0.0),
+            "max_train_mem_mb": state.train_mem_mb,
             "patience_stop": state.stopped and state.failure is None,
             "last_epoch": state.stopped or epoch == max_epochs,
         })
@@ -277,3 +308,6 @@ class TrialSetup:
     final_evaluate: Callable[[torch.nn.Module], dict] | None = None
     # Other evaluation metrics whose best-so-far is reported ({name: "max" or "min"}).
     track: dict | None = None
+    # When loss_fn returns (loss, counts): the epoch's summed counts -> training metrics
+    # (classification: train_accuracy, train_mcc from the confusion counts).
+    train_stats: Callable[[dict], dict] | None = None

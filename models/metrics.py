@@ -35,3 +35,21 @@ def probability_metrics(labels: np.ndarray, p1: np.ndarray) -> dict[str, float]:
     labels = np.asarray(labels)
     auc = (float(roc_auc_score(labels, p1)) if len(np.unique(labels)) == 2 else 0.5)
     return {"soft_mcc": soft_mcc(labels, p1), "auc": auc}
+
+
+def confusion_counts(logits, labels) -> dict:
+    """A training batch's confusion counts as device tensors (summed by the loop; no host
+    sync per step): tp, fp, tn, fn of the argmax prediction, label 1 positive."""
+    pred = logits.detach().argmax(-1)
+    pos, yes = pred == 1, labels == 1
+    return {"tp": (pos & yes).sum(), "fp": (pos & ~yes).sum(),
+            "tn": (~pos & ~yes).sum(), "fn": (~pos & yes).sum()}
+
+
+def confusion_metrics(c: dict) -> dict[str, float]:
+    """train_accuracy and train_mcc from summed confusion counts."""
+    tp, fp, tn, fn = (float(c.get(k, 0.0)) for k in ("tp", "fp", "tn", "fn"))
+    n = tp + fp + tn + fn
+    denom = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    return {"train_accuracy": (tp + tn) / n if n else float("nan"),
+            "train_mcc": (tp * tn - fp * fn) / denom if denom else 0.0}

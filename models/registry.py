@@ -28,6 +28,7 @@ class Study:
     report_metric: str  # what retrains are reported on (held-out split)
     report_columns: str = COLA_REPORT  # regex: retrain columns summarised as mean ± sd
     report_split: str = "GLUE dev"  # where retrains are reported, in words
+    retrain_weights: str = "the last epoch's weights"  # which weights a retrain reports
     # --metric NAME -> (result key, mode): what the searcher and the scheduler may rank trials
     # on; the first is the default. Retrain selection always uses ``metric``.
     search_metrics: dict = field(default_factory=dict)
@@ -48,6 +49,7 @@ def _cnndm(method: str, module, config_cls, space) -> Study:
     return Study(f"cnndm_{method}", module.trainable, space, config_cls,
                  metric="best_val_loss", mode="min", report_metric="test_loss",
                  report_columns=CNNDM_REPORT, report_split="the test split",
+                 retrain_weights="the best epoch's weights, by validation loss",
                  search_metrics=CNNDM_SEARCH)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from models.batching import classification_batches
+from models.console import bar
 from models.errors import InputError
 
 # How many full passes the teacher has made in this process (the tests count them).
@@ -90,8 +91,10 @@ def teacher_logits(model, ids: list[np.ndarray], *, pad_id: int, batch_size: int
     model.to(device)
     out = []
     t0 = time.perf_counter()
-    for batch in classification_batches(ids, np.zeros(len(ids), dtype=np.int64),
-                                        batch_size=batch_size, pad_id=pad_id):
+    batches = classification_batches(ids, np.zeros(len(ids), dtype=np.int64),
+                                     batch_size=batch_size, pad_id=pad_id)
+    for batch in bar(batches, total=-(-len(ids) // batch_size), desc="teacher logits",
+                     unit="batch"):
         PASSES["forwards"] += 1
         logits = model(input_ids=batch["input_ids"].to(device),
                        attention_mask=batch["attention_mask"].to(device)).logits

@@ -52,7 +52,9 @@ def pretrain_tiny_lm(model_dir: str | Path, texts: Iterable[str], *, steps: int 
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     rng = np.random.default_rng(seed)
-    for _ in range(steps):
+    from models.console import bar
+
+    for _ in bar(range(steps), desc="pretraining the tiny model", unit="step"):
         batch = blocks[rng.choice(len(blocks), size=min(batch_size, len(blocks)), replace=False)]
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)

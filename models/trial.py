@@ -176,7 +176,7 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
             train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=cfg.max_epochs,
             best_metric=s.best_metric, mode=s.mode, report=report, state=state, device=device,
             grad_accum=s.grad_accum, patience=s.patience, keep_best=s.keep_best,
-            track=s.track)
+            track=s.track, train_stats=s.train_stats)
         if s.final_evaluate is not None:
             # One more row, for the final (best-epoch, with keep_best) model.
             model.eval()

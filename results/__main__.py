@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from models.errors import InputError
-    from results.experiment import is_experiment
+    from results.experiment import group_members, is_experiment
     from results.storage import default_mirror, is_checkpoint, is_uri, open_remote
 
     local_dirs, remotes = [], []
@@ -49,10 +49,17 @@ def main(argv=None) -> int:
         if not path.is_dir():
             p.error(f"EXPERIMENT_DIR {d!r}: no such directory")
         if not is_experiment(path):
-            p.error(f"EXPERIMENT_DIR {d!r}: not an experiment directory (no experiment.json "
-                    "and no trial folders)")
+            members = group_members(path)
+            if not members:
+                p.error(f"EXPERIMENT_DIR {d!r}: not an experiment directory (no experiment.json "
+                        "and no trial folders) nor the group folder of a command's experiments")
+            print(f"{d}: the group of {len(members)} experiments "
+                  f"({', '.join(m.name for m in members)})", flush=True)
+            local_dirs.extend(members)
+            continue
         local_dirs.append(path)
-    out = Path(args.out) if args.out else local_dirs[0] / "report"
+    first = Path(args.experiments[0]) if not is_uri(args.experiments[0]) else local_dirs[0]
+    out = Path(args.out) if args.out else (first if first.is_dir() else local_dirs[0]) / "report"
 
     from results.report import build_report
 

@@ -4,13 +4,12 @@ trial and epoch tables, retrain tables and any comparison table, plus a list of 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from results.frames import epoch_frame, read_trials, trial_frame
+from results.frames import epoch_frame, read_trials, sweep_times, trial_frame
 from results.space import parse_space
 
 # Metric of each study when a directory has lost its experiment.json.
@@ -30,7 +29,8 @@ class Experiment:
     retrain_runs: pd.DataFrame | None = None
     comparison: pd.DataFrame | None = None  # KD or summarization comparison of the command
     comparison_path: Path | None = None
-    span_s: float | None = None  # first trial start to last result
+    span_s: float | None = None  # first trial start to last result (downtime included)
+    active_s: float | None = None  # time with at least one trial computing an epoch
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -53,6 +53,24 @@ def is_experiment(path: Path) -> bool:
     return path.is_dir() and ((path / "experiment.json").is_file() or any(
         (d / "params.json").is_file() or (d / "result.json").is_file()
         for d in path.iterdir() if d.is_dir()))
+
+
+def group_members(path: Path) -> list[Path]:
+    """The experiments one command wrote beside a group folder (the summarization command's
+    ``<storage>/<name>/`` holds ``comparison.csv``; its methods are ``<storage>/<name>-<method>``,
+    or folders inside it), found by the ``group`` their ``experiment.json`` records."""
+    path = Path(path)
+    out = []
+    for d in sorted([*path.parent.iterdir(), *path.iterdir()] if path.is_dir() else []):
+        if d == path or not d.is_dir():
+            continue
+        try:
+            record = json.loads((d / "experiment.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("group") == path.name:
+            out.append(d)
+    return out
 
 
 def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
@@ -89,19 +107,12 @@ def load_experiment(path: str | Path) -> Experiment:
         metric, mode = next(((m, md) for m, md in _GUESS if m in epochs), ("best_val_mcc", "max"))
     trials = trial_frame(path, metric=metric, mode=mode, records=records)
     for _, t in trials.iterrows():
-        if t.get("status") in ("NO_RESULTS", "ERROR") and not t.get("epochs_run"):
+        if t.get("status") in ("failed", "interrupted") and not t.get("epochs_run"):
             problems.append(f"trial {t['trial_id']}: no results ({t['status']})")
-    starts, ends = [], []
-    for r in records:
-        for row in r.rows:
-            ts, total = row.get("timestamp"), row.get("time_total_s")
-            if isinstance(ts, (int, float)):
-                ends.append(ts)
-                if isinstance(total, (int, float)) and not math.isnan(total):
-                    starts.append(ts - total)
+    times = sweep_times(records)
     exp = Experiment(path=path, record=record, metric=metric, mode=mode or "max",
                      space=parse_space(record.get("space", {})), trials=trials, epochs=epochs,
-                     span_s=(max(ends) - min(starts)) if starts and ends else None,
+                     span_s=times["elapsed_s"], active_s=times["active_s"],
                      problems=problems)
     exp.retrain = _read_csv(path / "retrain.csv", problems)
     exp.retrain_runs = _read_csv(path / "retrain_runs.csv", problems)

@@ -74,6 +74,31 @@ def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
     return records
 
 
+def sweep_times(records: list[TrialRecord]) -> dict:
+    """-> {"elapsed_s": first trial start to last result (a resumed sweep's downtime included),
+    "active_s": time in which at least one trial was training or evaluating an epoch}. The
+    console and the report both print these."""
+    spans, starts, ends = [], [], []
+    for r in records:
+        for row in r.rows:
+            ts, total, this = (row.get(k) for k in ("timestamp", "time_total_s",
+                                                    "time_this_iter_s"))
+            if not isinstance(ts, (int, float)):
+                continue
+            ends.append(ts)
+            if isinstance(total, (int, float)) and not math.isnan(total):
+                starts.append(ts - total)
+            if isinstance(this, (int, float)) and not math.isnan(this):
+                spans.append((ts - this, ts))
+    active, reach = 0.0, -math.inf
+    for a, b in sorted(spans):  # the union of the epochs' intervals
+        if b > reach:
+            active += b - max(a, reach)
+            reach = b
+    return {"elapsed_s": (max(ends) - min(starts)) if starts and ends else None,
+            "active_s": active if spans else None}
+
+
 def error_reason(trial_dir: Path) -> str | None:
     """Why Tune's last attempt of a trial raised, in one line, from its ``error.txt``: the
     memory monitor's verdict (which node, how full) when it killed the worker, else the last
@@ -90,34 +115,70 @@ def error_reason(trial_dir: Path) -> str | None:
     return (errors[-1] if errors else lines[-1] if lines else "")[:400] or None
 
 
-def _flat_config(config: dict) -> dict:
-    return {f"config/{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
-            for k, v in config.items()}
+# The project's status words (Tune's TERMINATED/STOPPED/ERROR mean different things in
+# different places): what happened to a trial, as trials.csv and the report say it.
+COMPLETED, STOPPED, FAILED, INTERRUPTED = "completed", "stopped", "failed", "interrupted"
+STATUSES = (COMPLETED, STOPPED, FAILED, INTERRUPTED)
+
+# Per-epoch time columns: the trial table keeps one time column (wall_s), epochs.csv has these.
+_EPOCH_TIMES = {"elapsed_s", "train_s", "epoch_s", "mean_train_s"}
+# Result keys that are bookkeeping, kept out of both tables.
+_BOOKKEEPING = {"complete", "last_epoch", "patience_stop", "training_iteration", "node_id",
+                "failure"}
 
 
-def epoch_frame(exp_dir: str | Path, records: list[TrialRecord] | None = None) -> pd.DataFrame:
-    """One row per trial-epoch: trial_id, config/*, and every metric the trial reported."""
+def hyperparameters(exp_dir: str | Path, records: list[TrialRecord]) -> list[str]:
+    """The swept (or --space-fixed) dimensions: the search space recorded in
+    ``experiment.json``; without it, every config key the trials have (internals included)."""
+    try:
+        space = json.loads((Path(exp_dir) / "experiment.json").read_text()).get("space")
+    except (OSError, json.JSONDecodeError):
+        space = None
+    if space:
+        return list(space)
+    names: dict[str, None] = {}
+    for t in records:
+        names.update(dict.fromkeys(k for k in t.config if not k.startswith("_")))
+    return list(names)
+
+
+def _params(config: dict, names: list[str]) -> dict:
+    return {k: (json.dumps(config[k]) if isinstance(config.get(k), (list, dict))
+                else config.get(k)) for k in names}
+
+
+def epoch_frame(exp_dir: str | Path, records: list[TrialRecord] | None = None, *,
+                params: list[str] | None = None) -> pd.DataFrame:
+    """One row per trial-epoch: trial_id, the hyperparameters (named as in the space), and
+    every metric the trial reported that epoch."""
+    records = records if records is not None else read_trials(exp_dir)
+    names = params if params is not None else hyperparameters(exp_dir, records)
     out = []
-    for t in records if records is not None else read_trials(exp_dir):
+    for t in records:
         for r in t.rows:
-            row = {"trial_id": t.trial_id, **_flat_config(t.config)}
-            row.update({k: v for k, v in r.items() if k not in _TUNE_NOISE and k != "trial_id"})
+            row = {"trial_id": t.trial_id, **_params(t.config, names)}
+            row.update({k: v for k, v in r.items() if k not in _TUNE_NOISE and
+                        k not in _BOOKKEEPING and k not in ("trial_id", "time_total_s")})
             out.append(row)
     return pd.DataFrame(out)
 
 
 def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
-                records: list[TrialRecord] | None = None) -> pd.DataFrame:
-    """One row per trial: config, best and last metrics, epochs run, stopped-early flag,
-    trainable params, wall time, seed, git commit and package versions."""
+                records: list[TrialRecord] | None = None,
+                params: list[str] | None = None) -> pd.DataFrame:
+    """One row per trial (the README's data dictionary lists the columns): status, the
+    hyperparameters named as in the space, the best of every best-so-far metric, the last
+    epoch's other metrics (``last_*``), epochs run, wall time, peak memory, trainable params,
+    seed, git commit and versions. Sorted best first by ``metric``."""
+    records = records if records is not None else read_trials(exp_dir)
+    names = params if params is not None else hyperparameters(exp_dir, records)
     out = []
-    for t in records if records is not None else read_trials(exp_dir):
-        row = {"trial_id": t.trial_id, **_flat_config(t.config)}
-        max_epochs = t.config.get("max_epochs")
+    for t in records:
+        row = {"trial_id": t.trial_id}
         if not t.rows:
-            row.update({"status": "ERROR" if t.errored else "NO_RESULTS", "epochs_run": 0,
-                        "stopped_early": False, "patience_stopped": False,
-                        "failure": error_reason(t.path) if t.errored else None})
+            row.update({"status": FAILED if t.errored else INTERRUPTED,
+                        "failure": error_reason(t.path) if t.errored else None,
+                        **_params(t.config, names), "epochs_run": 0, "patience_stopped": False})
             out.append(row)
             continue
         last = t.rows[-1]
@@ -127,28 +188,30 @@ def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
         epochs = int(last.get("epoch", last.get("training_iteration", len(t.rows))))
         # A trial that ran out of patience (no better score for some epochs) ended on its own.
         patience = bool(last.get("patience_stop"))
+        max_epochs = t.config.get("max_epochs")
         finished = (max_epochs is not None and epochs >= int(max_epochs)) or patience
         failure = last.get("failure") if isinstance(last.get("failure"), str) else None
         if t.errored and not failure:
             failure = error_reason(t.path)
-        row.update({
-            "status": "ERROR" if t.errored else "FAILED" if failure else
-            ("TERMINATED" if finished else "STOPPED"),
-            "failure": failure,
-            metric: best,
-            "epochs_run": epochs,
-            "stopped_early": (not t.errored) and not finished and not failure,  # by ASHA
-            "patience_stopped": patience,
-            "wall_s": last.get("time_total_s"),
-        })
+        row.update({"status": FAILED if (t.errored or failure) else
+                    COMPLETED if finished else STOPPED,
+                    "failure": failure, **_params(t.config, names), metric: best,
+                    "epochs_run": epochs, "patience_stopped": patience,
+                    "wall_s": last.get("time_total_s")})
         for k, v in last.items():
-            if k in _TUNE_NOISE or k in ("trial_id", metric, "epoch", "training_iteration",
-                                          "time_total_s", "patience_stop", "last_epoch",
-                                          "complete", "failure"):
+            if (k in _TUNE_NOISE or k in _BOOKKEEPING or k in _EPOCH_TIMES or k in row
+                    or k in ("trial_id", "epoch", "time_total_s", "peak_mem_mb",
+                             "train_mem_mb")):
                 continue
             if k in ("trainable_params", "total_params", "seed", "git_commit", "versions"):
                 row[k] = v
-            elif isinstance(v, (int, float)):
+            elif k == "max_peak_mem_mb":
+                row["peak_mem_mb"] = v
+            elif k == "max_train_mem_mb":
+                row["train_mem_mb"] = v
+            elif k.startswith("best_") and isinstance(v, (int, float)):
+                row[k] = v  # best so far at the last epoch = the trial's best
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[f"last_{k}"] = v
         out.append(row)
     df = pd.DataFrame(out)
@@ -157,12 +220,12 @@ def trial_frame(exp_dir: str | Path, *, metric: str, mode: str = "max",
     return df.reset_index(drop=True)
 
 
-def leaderboard(trials: pd.DataFrame, *, metric: str, top: int = 10) -> pd.DataFrame:
-    """The top rows of ``trial_frame`` with the swept values and headline columns only."""
-    keep = ["trial_id"] + [c for c in trials.columns if c.startswith("config/") and
-                           trials[c].nunique(dropna=False) > 1]
+def leaderboard(trials: pd.DataFrame, *, metric: str, params: list[str] | None = None,
+                top: int = 10) -> pd.DataFrame:
+    """The top rows of ``trial_frame``: status, the hyperparameters among ``params`` whose
+    values differ between trials, and the headline columns."""
+    keep = ["trial_id", "status"] + [c for c in (params or []) if c in trials and
+                                     trials[c].nunique(dropna=False) > 1]
     keep += [c for c in (metric, "last_val_accuracy", "last_val_mcc", "epochs_run",
-                         "stopped_early", "trainable_params", "wall_s") if c in trials]
-    board = trials[keep].head(top).copy()
-    board.columns = [c.removeprefix("config/") for c in board.columns]
-    return board
+                         "trainable_params", "wall_s") if c in trials]
+    return trials[keep].head(top).copy()

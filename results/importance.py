@@ -40,7 +40,7 @@ def rebuild_study(trials: pd.DataFrame, space: dict, *, metric: str, mode: str):
             continue
         params = {}
         for name, dist in dists.items():
-            v = _plain(row.get(f"config/{name}"))
+            v = _plain(row.get(name))
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
                 # CSV round trips turn 8 into 8.0: match the declared choice.
                 v = next((c for c in dist.choices if c == v), None)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from results.advice import edge_advice, edge_flags, position  # noqa: F401 (edge_flags re-exported)
 from results.space import swept
 from spaces.dims import Choice, LogUniform, Uniform
 
@@ -35,89 +36,63 @@ def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> l
     return rungs
 
 
+def _min_span(ax, values, span: float) -> None:
+    """At least ``span`` of y axis: a curve that moves by 0.004 is drawn flat, not as a slope
+    filling the plot."""
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    if hi - lo < span:
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - span / 2, mid + span / 2)
+
+
 def learning_curves(epochs: pd.DataFrame, trials: pd.DataFrame, *, metric: str,
                     rungs: list[int] | None = None):
     """Every trial's per-epoch metric on one axis. Trials that ran to the end are solid and
-    coloured; trials the scheduler stopped are grey and dashed, ending in an x; ASHA's rungs
-    (when given) are dotted."""
+    coloured, trials the scheduler stopped are dashed in shades of grey ending in an x (each
+    its own shade); curves are nudged sideways a little so that equal values stay visible as
+    several lines; ASHA's rungs (when given) are dotted."""
     plt = _plt()
     col = per_epoch_metric(metric)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    stopped = set(trials.loc[trials.get("stopped_early", False) == True, "trial_id"])  # noqa: E712
+    stopped = set(trials.loc[trials["status"] == "stopped", "trial_id"]) if "status" in trials \
+        else set()
     if col not in epochs or epochs.empty:
         ax.text(0.5, 0.5, f"no per-epoch {col} reported", ha="center", va="center")
         return fig
     cmap = plt.get_cmap("viridis")
-    finished = [t for t in epochs["trial_id"].unique() if t not in stopped]
+    ids = list(epochs["trial_id"].unique())
+    finished = [t for t in ids if t not in stopped]
+    grey = [t for t in ids if t in stopped]
+    markers = "os^Dv<>p"
     for i, (tid, g) in enumerate(epochs.groupby("trial_id", sort=False)):
         g = g.sort_values("epoch")
+        x = g["epoch"] + (i - (len(ids) - 1) / 2) * min(0.04, 0.25 / max(len(ids), 1))
         if tid in stopped:
-            ax.plot(g["epoch"], g[col], ls="--", color="0.6", lw=1)
-            ax.plot(g["epoch"].iloc[-1:], g[col].iloc[-1:], "x", color="0.4", ms=6)
+            k = grey.index(tid) / max(len(grey) - 1, 1)
+            shade = str(0.35 + 0.35 * k)
+            ax.plot(x, g[col], ls="--", color=shade, lw=1, marker=".", ms=4)
+            ax.plot(x.iloc[-1:], g[col].iloc[-1:], "x", color=shade, ms=7)
         else:
             k = finished.index(tid) / max(len(finished) - 1, 1)
-            ax.plot(g["epoch"], g[col], "-o", ms=3, lw=1.6, color=cmap(k), label=str(tid))
+            ax.plot(x, g[col], "-", marker=markers[finished.index(tid) % len(markers)], ms=4,
+                    lw=1.6, color=cmap(k), label=str(tid))
     for r in rungs or []:
         ax.axvline(r, ls=":", color="0.3", lw=1)
         ax.text(r, 1.0, f" rung {r}", transform=ax.get_xaxis_transform(), fontsize=7,
                 va="top", color="0.3")
-    ax.set_xlabel("epoch")
+    _min_span(ax, epochs[col], 0.05 if "loss" not in col else 0.1)
+    ax.set_xlabel("epoch (lines nudged apart)")
     ax.set_ylabel(col)
     ax.set_xticks(sorted(epochs["epoch"].unique()))
-    ax.set_title(f"{col} per epoch: {len(finished)} trials ran to the end (colour), "
-                 f"{len(stopped)} stopped early (grey, x)", fontsize=9)
+    ax.set_title(f"{col} per epoch, n = {len(ids)} trials: {len(finished)} ran to the end "
+                 f"(colour), {len(stopped)} stopped early (grey, x)", fontsize=9)
     if 0 < len(finished) <= 10:
         ax.legend(fontsize=7, title="trial", title_fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
 
-def _position(dim, value) -> float | None:
-    """Where ``value`` sits in the dimension, 0 (low edge) .. 1 (high edge)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = None
-    if isinstance(dim, LogUniform) and v and v > 0:
-        return (math.log(v) - math.log(dim.low)) / (math.log(dim.high) - math.log(dim.low))
-    if isinstance(dim, Uniform) and v is not None:
-        return (v - dim.low) / (dim.high - dim.low)
-    if isinstance(dim, Choice):
-        values = list(dim.values)
-        hit = next((i for i, c in enumerate(values) if c == value or
-                    (v is not None and isinstance(c, (int, float)) and c == v)), None)
-        return None if hit is None else hit / max(len(values) - 1, 1)
-    return None
-
-
-def edge_flags(trials: pd.DataFrame, space: dict, *, metric: str, mode: str,
-               margin: float = 0.1) -> dict[str, str]:
-    """{hyperparameter: "lower" | "upper"} where the best trial's value lies within
-    ``margin`` of a range's edge (on the range's own scale), or is the first / last of an
-    ordered numeric choice of >= 3 values: the space should probably widen there."""
-    ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
-    if ok.empty:
-        return {}
-    best = ok.sort_values(metric, ascending=(mode == "min")).iloc[0]
-    flags = {}
-    for name, dim in swept(space).items():
-        if isinstance(dim, Choice) and (len(dim.values) < 3 or not all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) for c in dim.values)):
-            continue
-        pos = _position(dim, best.get(f"config/{name}"))
-        if pos is None:
-            continue
-        if isinstance(dim, Choice):
-            ordered = list(dim.values) == sorted(dim.values)
-            if ordered and pos == 0:
-                flags[name] = "lower"
-            elif ordered and pos == 1:
-                flags[name] = "upper"
-        elif pos <= margin:
-            flags[name] = "lower"
-        elif pos >= 1 - margin:
-            flags[name] = "upper"
-    return flags
+_position = position
 
 
 def hyperparameter_panels(trials: pd.DataFrame, space: dict, *, metric: str, mode: str):
@@ -129,11 +104,11 @@ def hyperparameter_panels(trials: pd.DataFrame, space: dict, *, metric: str, mod
     cols = min(3, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    flags = edge_flags(trials, space, metric=metric, mode=mode)
+    flags, _ = edge_advice(trials, space, metric=metric, mode=mode)
     ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
     best = ok.sort_values(metric, ascending=(mode == "min")).head(1)
     for ax, (name, dim) in zip(axes.flat, dims.items()):
-        col = f"config/{name}"
+        col = name
         if col not in ok:
             ax.set_visible(False)
             continue
@@ -149,7 +124,7 @@ def hyperparameter_panels(trials: pd.DataFrame, space: dict, *, metric: str, mod
                 ax.set_xscale("log")
             ax.set_xlim(dim.low, dim.high) if not isinstance(dim, LogUniform) else \
                 ax.set_xlim(dim.low / 1.15, dim.high * 1.15)
-        stopped = ok.get("stopped_early", pd.Series(False, index=ok.index)).astype(bool)
+        stopped = (ok["status"] == "stopped") if "status" in ok else pd.Series(False, index=ok.index)
         ax.scatter(x[~stopped], ok.loc[~stopped, metric], s=22, label="ran to the end")
         ax.scatter(x[stopped], ok.loc[stopped, metric], s=22, marker="x", color="0.5",
                    label="stopped early")
@@ -160,6 +135,7 @@ def hyperparameter_panels(trials: pd.DataFrame, space: dict, *, metric: str, mod
         ax.set_title(title, fontsize=9, color="red" if name in flags else "black")
         ax.set_ylabel(metric, fontsize=8)
         ax.tick_params(labelsize=7)
+    fig.suptitle(f"n = {len(ok)} trials with a value", fontsize=9)
     for ax in list(axes.flat)[len(dims):]:
         ax.set_visible(False)
     if dims:
@@ -194,7 +170,7 @@ def parallel_coordinates(trials: pd.DataFrame, space: dict, *, metric: str, mode
     span = (hi - lo) or 1.0
     cmap = plt.get_cmap("viridis" if mode == "max" else "viridis_r")
     for _, row in ok.iterrows():
-        ys = [_position(dims[n], row.get(f"config/{n}")) for n in dims]
+        ys = [_position(dims[n], row.get(n)) for n in dims]
         ys.append((row[metric] - lo) / span)
         ys = [np.nan if y is None else y for y in ys]
         ax.plot(range(len(names)), ys, "-o", ms=3, lw=1.4,
@@ -212,7 +188,10 @@ def parallel_coordinates(trials: pd.DataFrame, space: dict, *, metric: str, mode
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax.set_yticks([])
     ax.set_ylim(-0.15, 1.15)
-    ax.set_title(f"top {len(ok)} trials by {metric} (colour: {metric})", fontsize=9)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(lo, lo + span))
+    fig.colorbar(sm, ax=ax, pad=0.02, fraction=0.04).set_label(metric, fontsize=8)
+    ax.set_title(f"top {len(ok)} of n = {int(trials[metric].notna().sum())} trials by {metric}",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from models.console import clock
 from results.experiment import Experiment, load_experiment
 from results.frames import leaderboard
 from results.importance import param_importance
-from results.plots import (asha_rungs, edge_flags, hyperparameter_panels, importance_bar,
+from results.advice import edge_advice, importance_evidence
+from results.plots import (asha_rungs, hyperparameter_panels, importance_bar,
                            learning_curves, parallel_coordinates)
 from results.space import swept
 
@@ -48,9 +50,14 @@ def _md(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
 
 
 def _duration(s: float | None) -> str:
-    if s is None:
-        return "unknown"
-    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+    return "unknown" if s is None else clock(s)
+
+
+def times_text(active_s: float | None, elapsed_s: float | None) -> str:
+    """The wording the console's leaderboard line uses too."""
+    if active_s is None or elapsed_s is None:
+        return f"wall time {_duration(elapsed_s)}"
+    return f"{clock(active_s)} active compute, {clock(elapsed_s)} elapsed"
 
 
 def _save(fig, path: Path) -> str:
@@ -88,8 +95,8 @@ def _stopper(record: dict) -> str:
 
 def header(exp: Experiment) -> str:
     r, t = exp.record, exp.trials
-    finished = int((t.get("status") == "TERMINATED").sum()) if "status" in t else 0
-    stopped = int(t["stopped_early"].sum()) if "stopped_early" in t else 0
+    finished = int((t["status"] == "completed").sum()) if "status" in t else 0
+    stopped = int((t["status"] == "stopped").sum()) if "status" in t else 0
     fixed = r.get("fixed", {})
     lines = [
         f"- **study**: {exp.study} — metric `{exp.metric}` ({exp.mode})",
@@ -97,7 +104,7 @@ def header(exp: Experiment) -> str:
         f"- **data**: {r.get('data', 'unknown')}" + (f" — {r['rows']}" if r.get("rows") else ""),
         f"- **budget**: {len(t)} trials ({finished} ran to the end, {stopped} stopped by "
         f"{_stopper(r)}), "
-        f"{len(exp.epochs)} trial-epochs, wall time {_duration(exp.span_s)}"
+        f"{len(exp.epochs)} trial-epochs, {times_text(exp.active_s, exp.span_s)}"
         + (f", {exp.gpu_hours:.2f} GPU-hours ({r.get('gpus_per_trial')} GPU per trial)"
            if exp.gpu_hours else ", CPU only" if not r.get("gpus") else ""),
         f"- **search**: {_search(r, fixed)}, "
@@ -114,39 +121,60 @@ def header(exp: Experiment) -> str:
 
 
 def leaderboard_table(exp: Experiment, top: int = 10) -> pd.DataFrame:
-    board = leaderboard(exp.trials, metric=exp.metric, top=top) if len(exp.trials) else \
+    board = leaderboard(exp.trials, metric=exp.metric, params=list(exp.space), top=top) if len(exp.trials) else \
         pd.DataFrame()
     row = baseline_row(exp)
     if row is not None:
-        extra = pd.DataFrame([{k: v for k, v in row.items() if k in board.columns or
-                               k in ("trial_id", "dev_accuracy")}])
+        # Selection-split columns only: the dev figure belongs to the retrain table.
+        extra = pd.DataFrame([{k: v for k, v in row.items() if k in board.columns}])
         board = pd.concat([board, extra], ignore_index=True)
     return board
 
 
 def retrain_table(exp: Experiment) -> pd.DataFrame | None:
+    """mean ± sd over seeds per retrained configuration, and for CoLA the majority class's
+    dev accuracy as the last row (a model below it is visible as such)."""
+    from results.tables import display
+
     if exp.retrain is None or exp.retrain.empty:
         return None
-    r = exp.retrain
-    text_cols = [c for c in r.columns if f"{c}_mean" in r.columns]
-    hp = [c for c in swept(exp.space) if c in r.columns]
-    return r[[c for c in ["rank", "seeds", *hp, *text_cols] if c in r.columns]]
+    r = exp.retrain.rename(columns={"seeds": "n_seeds"})  # tables from before n_seeds
+    table = display(r, [c for c in swept(exp.space) if c in r.columns])
+    base = baseline_row(exp)
+    if base is not None and base.get("dev_accuracy") is not None and "dev_accuracy" in table:
+        row = {c: "" for c in table.columns}
+        row.update({"rank": "majority class", "dev_accuracy": f"{base['dev_accuracy']:.4f}",
+                    **({"dev_mcc": "0"} if "dev_mcc" in table else {})})
+        table = pd.concat([table.astype(object), pd.DataFrame([row])], ignore_index=True)
+    return table
 
 
 def comparison_table(exp: Experiment) -> pd.DataFrame | None:
+    """The command's comparison table, each ``<col>_mean`` / ``<col>_sd`` pair as one
+    "mean ± sd" column."""
+    from results.tables import mean_sd, measured
+
     c = exp.comparison
     if c is None or c.empty:
         return None
-    keep = [col for col in c.columns if not re.search(r"_(mean|sd)$", col) or
-            f"{col.rsplit('_', 1)[0]}" not in c.columns]
-    return c[keep]
+    c = c.rename(columns={"seeds": "n_seeds"})
+    pairs = measured(c)
+    out = pd.DataFrame(index=c.index)
+    for col in c.columns:
+        base = re.sub(r"_(mean|sd)$", "", col)
+        if base in pairs:
+            if col.endswith("_mean"):
+                out[base] = [mean_sd(m, s, 4) for m, s in zip(c[f"{base}_mean"], c[f"{base}_sd"])]
+        elif col not in out:
+            out[col] = c[col]
+    return out
 
 
 def headline(exp: Experiment) -> dict:
     """One row of the side-by-side table."""
     t = exp.trials
     row = {"experiment": exp.name, "study": exp.study, "trials": len(t),
-           "stopped early": int(t["stopped_early"].sum()) if "stopped_early" in t else 0,
+           "stopped early": int((t["status"] == "stopped").sum()) if "status" in t else 0,
            f"best {exp.metric}": (t[exp.metric].iloc[0] if exp.metric in t and len(t) else
                                   float("nan")),
            "trainable params": (int(t["trainable_params"].iloc[0])
@@ -156,8 +184,10 @@ def headline(exp: Experiment) -> dict:
     r = exp.retrain
     if r is not None and not r.empty:
         best = r.sort_values("rank").iloc[0]
-        for col in [c for c in r.columns if f"{c}_mean" in r.columns][:4]:
-            row[f"retrain {col}"] = best[col]
+        from results.tables import mean_sd, measured
+
+        for col in measured(r)[:4]:
+            row[f"retrain {col}"] = mean_sd(best[f"{col}_mean"], best[f"{col}_sd"])
     return row
 
 
@@ -193,12 +223,11 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
         name = _save(hyperparameter_panels(exp.trials, exp.space, metric=exp.metric,
                                            mode=exp.mode), out / f"{prefix}hyperparameters.png")
         parts.append(f"![hyperparameters]({name})\n")
-        flags = edge_flags(exp.trials, exp.space, metric=exp.metric, mode=exp.mode)
+        flags, note = edge_advice(exp.trials, exp.space, metric=exp.metric, mode=exp.mode)
+        parts.append(note)
         for hp, edge in flags.items():
             parts.append(f"- **{hp}**: the best trial sits at the {edge} edge of "
                          f"{exp.space[hp].describe()}; widen the space there.")
-        if not flags:
-            parts.append("No best value at the edge of its range.")
     else:
         parts.append("_search space unknown or no trials_")
 
@@ -211,9 +240,12 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
         parts.append("_search space unknown or no trials_")
 
     parts.append("\n### Importance\n")
+    too_few = importance_evidence(exp.trials, exp.metric)
     imp = param_importance(exp.trials, exp.space, metric=exp.metric, mode=exp.mode) \
-        if len(exp.trials) else pd.DataFrame()
-    if len(imp):
+        if len(exp.trials) and too_few is None else pd.DataFrame()
+    if too_few:
+        parts.append(too_few)
+    elif len(imp):
         name = _save(importance_bar(imp), out / f"{prefix}importance.png")
         parts += [f"fANOVA importance over {int(exp.trials[exp.metric].notna().sum())} trials' "
                   f"`{exp.metric}` (trials stopped early count with the value they reached), "
@@ -224,11 +256,31 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
                      "values_")
 
     parts.append("\n### Retrain\n")
+    r = exp.record
+    if r.get("report_split"):
+        parts.append(f"The best configurations retrained on the whole training set, reported on "
+                     f"{r['report_split']} (mean ± sd over seeds, "
+                     f"{r.get('retrain_weights', 'the last epoch')}); the split never chose "
+                     "them.\n")
     rt = retrain_table(exp)
     parts.append(_md(rt) if rt is not None else "_no retrain results_")
+    from results.retrain_curves import retrain_curves, retrain_epochs
+
+    curves = retrain_epochs(exp.path)
+    if not curves.empty:
+        name = _save(retrain_curves(curves), out / f"{prefix}retrain_curves.png")
+        parts.append(f"\n![retrain curves]({name})\n")
     comp = comparison_table(exp) if show_comparison else None
     if comp is not None:
+        from results.comparison import comparison_charts
+
+        label = "method" if "method" in comp else "model"
+        n = exp.comparison.get("rouge_articles")
+        about = f", {int(n.iloc[0])} articles" if n is not None and n.notna().any() else ""
+        charts = comparison_charts(exp.comparison.rename(columns={"seeds": "n_seeds"}), out,
+                                   label=label, prefix=f"{prefix}comparison_", about=about)
         parts += [f"\n### Comparison (`{exp.comparison_path}`)\n", _md(comp)]
+        parts += [f"\n![{c}]({c})\n" for c in charts]
     parts += tradeoffs_section(exp, out, prefix, show_comparison)
     return parts
 

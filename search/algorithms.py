@@ -24,10 +24,16 @@ class Algorithm:
     extra: str | None = None
 
 
-def _startup(plan) -> int:
+def startup_trials(plan) -> int:
+    """Random trials before a model-based sampler starts modelling (--startup-trials)."""
+    if getattr(plan, "startup_trials", None) is not None:
+        return plan.startup_trials
     # Optuna's default of 10 random start-up trials would leave small sweeps entirely random;
     # a third of the budget (2..10) is random, the rest is modelled.
     return max(2, min(10, plan.num_samples // 3))
+
+
+_startup = startup_trials
 
 
 def _tpe(plan):
@@ -191,7 +197,14 @@ def describe(plan) -> str:
         sched += f" (reduction {plan.reduction_factor:g})"
     objectives = getattr(plan, "objectives", None)
     if objectives:
-        return (f"{SEARCHERS[plan.searcher].label} (seed {plan.seed}, multi-objective) + {sched}, "
+        return (f"{SEARCHERS[plan.searcher].label} (seed {plan.seed}{_startup_note(plan)}, "
+                f"multi-objective) + {sched}, "
                 "searching " + ", ".join(f"{k} ({m})" for k, m in objectives))
-    return (f"{SEARCHERS[plan.searcher].label} (seed {plan.seed}) + {sched}, ranking trials on "
+    return (f"{SEARCHERS[plan.searcher].label} (seed {plan.seed}{_startup_note(plan)}) + {sched}, "
+            "ranking trials on "
             f"{plan.metric} ({plan.mode})")
+
+
+def _startup_note(plan) -> str:
+    return (f", {startup_trials(plan)} random start-up trials"
+            if plan.searcher in ("tpe", "gp", "cmaes") else "")

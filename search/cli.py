@@ -27,7 +27,7 @@ from search.checks import (_check_same_search, _check_same_study, _database_erro
 from search.redact import ENV_OPTUNA_STORAGE, redact_argv, refuse_credentials_in_uri
 from search.tracking import parse as tracking_parse
 from search.algorithms import (DEFAULT_SEARCHER, OPTUNA_BACKED, SCHEDULERS, SEARCHERS, describe,
-                               resolve)
+                               resolve, startup_trials)
 from search.warm_start import check_study, warm_start_points
 from spaces.dims import Choice, Fixed, LogUniform, Uniform
 
@@ -81,6 +81,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=_HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show Ray's status tables and warnings (default: the sweep's own "
+                        "progress lines only)")
     g = p.add_argument_group("resources")
     g.add_argument("--gpus", type=nonneg_int, default=None,
                    help="GPUs to use in total (default: all present; 0 runs on CPU)")
@@ -116,6 +119,9 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                    help="search several objectives at once with Optuna's multi-objective "
                         "sampling (needs --scheduler none), e.g. auc:max,trainable_params:min; "
                         "names: the study's --metric choices and trainable_params")
+    g.add_argument("--startup-trials", type=nonneg_int, default=None, metavar="N",
+                   help="tpe, gp and cmaes: random trials before the sampler models the results "
+                        "(default: a third of --num-samples, 2 to 10)")
     g.add_argument("--grace-period", type=positive_int, default=1,
                    help="ASHA and the median rule: epochs before a trial may be stopped")
     g.add_argument("--reduction-factor", type=positive_float, default=2.0,
@@ -342,6 +348,7 @@ class Prepared:
     # estimated
     memory: Callable[[str, dict, dict], object] | None = None
     train_rows: int | None = None  # rows a sweep trial trains on: the largest sensible batch
+    report_split: str | None = None  # where retrains are reported, when not the study's usual
 
 
 # Set by quiet_libraries(); workers on other nodes get them through the runtime env.
@@ -367,6 +374,20 @@ def quiet_libraries() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
 
 
+def quiet_ray(verbose: bool) -> None:
+    """Without -v, Ray and Optuna say only what goes wrong: the sweep prints its own progress
+    (search.progress). Tune's interrupt hint (Tuner.restore) is among what is hidden: the
+    sweep's own says --resume."""
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    os.environ["PEFT_SWEEPS_RAY_LOG_LEVEL"] = "WARNING" if verbose else "ERROR"
+
+
 def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser,
         prepare: Callable[[argparse.Namespace, Path, Path], Prepared],
         variants: Callable[[argparse.Namespace], dict[str, Variant]] | None = None) -> int:
@@ -377,6 +398,7 @@ def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser
     method). Default: one sweep of ``study_name``; ``study_name`` also names the experiment."""
     quiet_libraries()
     args = parser.parse_args(argv)
+    quiet_ray(args.verbose)
     try:
         return _run(study_name, args, prepare,
                     variants or (lambda a: {"": Variant(study_name, {})}))
@@ -419,7 +441,7 @@ def connect(address: str):
                              f"(nothing answers at {host}:{port}: {e.strerror or e})") from None
     try:
         ray.init(address=address, log_to_driver=True, configure_logging=True,
-                 logging_level="WARNING",
+                 logging_level=os.environ.get("PEFT_SWEEPS_RAY_LOG_LEVEL", "WARNING"),
                  runtime_env={"py_modules": [models, spaces, results, search],
                               "env_vars": {k: os.environ[k] for k in QUIET_ENV}})
     except Exception as e:  # ConnectionError, timeouts, auth
@@ -578,11 +600,11 @@ def _run(study_name, args, prepare, variants) -> int:
                 study=study, storage_path=storage, name=names[suffix], space=space, fixed=fixed,
                 num_samples=args.num_samples, max_epochs=args.max_epochs,
                 grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                startup_trials=args.startup_trials, seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
                 concurrency=concurrency, retrain_top_k=args.retrain_top_k,
                 retrain_seeds=args.retrain_seeds, resume=args.resume,
                 max_failures=args.max_failures, reuse_actors=res.address is None,
-                remote=remote,
+                remote=remote, verbose=args.verbose,
                 optuna_storage=args.optuna_storage, tracking=trackers, objectives=objectives,
                 # In a shared database, one study per run.
                 optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -607,8 +629,11 @@ def _run(study_name, args, prepare, variants) -> int:
         # Ray's own memory resource would be what is available less its object store (30 %
         # of RAM), less than the plan's count: give it the planned figure instead.
         planned = {"_memory": int(memory_note["_available_bytes"])} if memory_note else {}
-        ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING", **planned)
+        # "local": a new Ray of our own, never a cluster someone started with `ray start` on
+        # this machine (Ray would join it, and refuse num_cpus there); --address joins one.
+        ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+                 log_to_driver=True, configure_logging=True,
+                 logging_level=os.environ.get("PEFT_SWEEPS_RAY_LOG_LEVEL", "WARNING"), **planned)
     outcomes = []
     try:
         for plan in plans:
@@ -618,6 +643,8 @@ def _run(study_name, args, prepare, variants) -> int:
                       "metric": plan.study.metric, "mode": plan.study.mode,
                       "searcher": plan.searcher, "scheduler": plan.scheduler,
                       "search_seed": plan.seed, "search": describe(plan),
+                      "report_split": prepared.report_split or plan.study.report_split,
+                      "retrain_weights": plan.study.retrain_weights,
                       "search_metric": plan.metric, "search_mode": plan.mode,
                       "objectives": plan.objectives,
                       "warm_start": ({"from": str(args.warm_start), "points": plan.warm_start}
@@ -630,6 +657,7 @@ def _run(study_name, args, prepare, variants) -> int:
                       "optuna_storage": _masked(plan.optuna_url),
                       "optuna_study": plan.optuna_study_name,
                       "max_epochs": plan.max_epochs, "grace_period": plan.grace_period,
+                      "startup_trials": startup_trials(plan),
                       "reduction_factor": plan.reduction_factor,
                       "max_failures": plan.max_failures, "address": res.address,
                       "storage": display(plan.remote, plan.storage_path, plan.name),
@@ -658,9 +686,9 @@ def _run(study_name, args, prepare, variants) -> int:
 def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     from search import sweep
 
-    t0 = time.time()
     try:
-        grid = sweep.build_tuner(plan, prepared.data, prov).fit()
+        grid = sweep.build_tuner(plan, prepared.data, prov, callbacks=[sweep.progress(plan)],
+                                 verbose=int(plan.verbose)).fit()
     except Exception as e:  # noqa: BLE001  (only a storage failure is handled; others re-raise)
         cause = _database_error(e)
         if cause is None:
@@ -696,7 +724,7 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
         print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
               f"finished trials; continue with the same command plus --resume", flush=True)
         return 130, None
-    print_leaderboard(plan, trials, time.time() - t0)
+    print_leaderboard(plan, trials)
     if not plan.retrain_top_k:
         return 0, None
     runs, complete = sweep.retrain(plan, trials, prepared.data, prov)
@@ -704,7 +732,8 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     summary = sweep.summarize_retrain(runs, hp, plan.study.report_columns)
     runs.to_csv(plan.exp_dir / "retrain_runs.csv", index=False)
     summary.to_csv(plan.exp_dir / "retrain.csv", index=False)
-    print_retrain(summary, hp, plan)
+    print_retrain(summary, hp, plan, split=prepared.report_split,
+                  baseline=(prepared.extra.get("majority_baseline") or {}).get("dev_accuracy"))
     if plan.remote is not None:
         push_own_files(plan.remote, plan.name, plan.exp_dir)
     return (0 if complete else 130), summary
@@ -731,14 +760,15 @@ def write_tables(plan, known: set[str] | None = None, interrupted: set[str] = fr
             print(f"(left out of the tables: {len(stray)} trial folder(s) of a killed driver "
                   f"that Tune replaced on resume: {', '.join(r.path.name for r in stray)})",
                   flush=True)
+    from results.frames import FAILED, INTERRUPTED
+
+    params = list(plan.space)
     trials = trial_frame(plan.exp_dir, metric=plan.study.metric, mode=plan.study.mode,
-                         records=records)
-    epochs = epoch_frame(plan.exp_dir, records=records)
+                         records=records, params=params)
+    epochs = epoch_frame(plan.exp_dir, records=records, params=params)
     if interrupted and len(trials):
-        cut = trials["trial_id"].isin(interrupted) & ~trials["status"].isin(["ERROR", "FAILED"])
-        trials.loc[cut, "status"] = "INTERRUPTED"
-        if "stopped_early" in trials:
-            trials.loc[cut, "stopped_early"] = False
+        cut = trials["trial_id"].isin(interrupted) & (trials["status"] != FAILED)
+        trials.loc[cut, "status"] = INTERRUPTED
     # Which search produced these rows, beside the swept values.
     for frame in (trials, epochs):
         if len(frame):
@@ -803,37 +833,59 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
     print("\n".join(lines), flush=True)
 
 
-def print_leaderboard(plan, trials, wall_s: float) -> None:
-    from results import leaderboard
+def print_leaderboard(plan, trials) -> None:
+    from results import leaderboard, read_trials
+    from results.report import times_text
 
-    n_stopped = int(trials["stopped_early"].sum()) if "stopped_early" in trials else 0
-    failed = (trials[trials["status"].isin(["FAILED", "ERROR"])] if "status" in trials
-              else trials.iloc[0:0])
+    from results.frames import FAILED, STOPPED
+
+    n_stopped = int((trials["status"] == STOPPED).sum()) if "status" in trials else 0
+    failed = trials[trials["status"] == FAILED] if "status" in trials else trials.iloc[0:0]
     stops = (f"{n_stopped} stopped early by {SCHEDULERS[plan.scheduler].label}"
              if plan.scheduler != "none" else "no scheduler")
     print(f"\n== Leaderboard ({len(trials)} trials, {stops}, "
-          f"{len(failed)} failed, {wall_s:.0f} s) — {plan.study.metric} on the selection split",
+          f"{len(failed)} failed, {times_text(**_times(read_trials(plan.exp_dir)))}) — "
+          f"{plan.study.metric} on the selection split",
           flush=True)
     for _, t in failed.iterrows():
         print(f"   trial {t['trial_id']} failed: {t['failure']}", flush=True)
     with _pandas_wide():
-        print(leaderboard(trials, metric=plan.study.metric).to_string(index=False), flush=True)
+        print(leaderboard(trials, metric=plan.study.metric, params=list(plan.space))
+              .to_string(index=False), flush=True)
     print(f"tables: {plan.exp_dir / 'trials.csv'}, {plan.exp_dir / 'epochs.csv'}", flush=True)
 
 
-def print_retrain(summary, hp: list[str], plan) -> None:
+def _times(records) -> dict:
+    from results.frames import sweep_times
+
+    t = sweep_times(records)
+    return {"active_s": t["active_s"], "elapsed_s": t["elapsed_s"]}
+
+
+def print_retrain(summary, hp: list[str], plan, *, split: str | None = None,
+                  baseline: float | None = None) -> None:
+    """``split``: where the retrains were reported, in words (default: the study's);
+    ``baseline``: the majority class's accuracy there, shown as the last row."""
     import re
+
+    import pandas as pd
 
     exp_dir = plan.exp_dir
     if summary.empty:
         print("\n== Retrain: no finished retrains", flush=True)
         return
-    cols = ["rank", "seeds", *hp] + [c for c in summary.columns
-                                     if re.match(plan.study.report_columns, c)]
-    print(f"\n== Retrained best configurations, reported on {plan.study.report_split} "
-          "(mean ± sd over seeds, final model)", flush=True)
+    from results.tables import display, measured
+
+    shown = display(summary, hp, columns=[c for c in measured(summary)
+                                          if re.match(plan.study.report_columns, c)])
+    if baseline and "dev_accuracy" in shown:
+        row = {c: "" for c in shown.columns}
+        row.update({"rank": "majority class", "dev_accuracy": f"{baseline:.4f}", "dev_mcc": "0"})
+        shown = pd.concat([shown.astype(object), pd.DataFrame([row])], ignore_index=True)
+    print(f"\n== Retrained best configurations, reported on {split or plan.study.report_split} "
+          f"(mean ± sd over seeds, {plan.study.retrain_weights})", flush=True)
     with _pandas_wide():
-        print(summary[cols].to_string(index=False), flush=True)
+        print(shown.to_string(index=False), flush=True)
     print(f"tables: {exp_dir / 'retrain.csv'}, {exp_dir / 'retrain_runs.csv'}; "
           f"models: {exp_dir / 'retrained'}", flush=True)
 

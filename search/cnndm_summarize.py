@@ -266,7 +266,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             **{f"trainable params ({k})": v for k, v in counts.items()},
         },
         finalize=finalize,
-        after=lambda outcomes: compare(outcomes, exp_dir) if len(outcomes) > 1 else None,
+        after=lambda outcomes: (compare(outcomes, exp_dir, n_articles=len(data.references))
+                                if len(outcomes) > 1 else None),
         memory=lambda study, space, fixed: _memory(args, tok_dir, sep_tokens, sizes, study,
                                                    space, fixed),
     )
@@ -277,16 +278,14 @@ COMPARE = (("test_loss", "test eval loss", False), ("test_rouge1", "ROUGE-1", Tr
            ("test_rouge2", "ROUGE-2", True), ("test_rougeL", "ROUGE-L", True),
            ("trainable_params", "trainable parameters", None),
            ("mean_train_s", "seconds per training epoch", False),
+           ("max_train_mem_mb", "memory training adds (MiB)", False),
            ("max_peak_mem_mb", "peak memory (MiB)", False))
 
 
-def compare(outcomes, out_dir: Path) -> None:
+def compare(outcomes, out_dir: Path, *, n_articles: int | None = None) -> None:
     """One table across methods (best configuration of each, mean ± sd over retrain seeds)
-    and one bar chart per metric, in the main experiment directory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    and its charts (results.comparison), in the main experiment directory. ``n_articles``:
+    how many test articles ROUGE rests on (recorded in the table)."""
     import pandas as pd
 
     rows = []
@@ -299,8 +298,8 @@ def compare(outcomes, out_dir: Path) -> None:
         if best.empty:
             continue
         method = {study: m for m, study in METHODS.items()}[plan.study.name]
-        row = {"method": method, "seeds": len(best),
-               **{k: best[f"config/{k}"].iloc[0] for k in plan.space}}
+        row = {"method": method, "n_seeds": len(best),
+               **{k: best[k].iloc[0] for k in plan.space}}
         for col, _, _ in COMPARE:
             if col in best:
                 row[f"{col}_mean"] = best[col].mean()
@@ -310,27 +309,15 @@ def compare(outcomes, out_dir: Path) -> None:
         print("\n== Comparison: no finished retrains", flush=True)
         return
     table = pd.DataFrame(rows)
+    if n_articles:
+        table["rouge_articles"] = n_articles
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "comparison.csv", index=False)
-    charts = []
-    for col, label, higher in COMPARE:
-        if f"{col}_mean" not in table:
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        sd = table[f"{col}_sd"].fillna(0.0)
-        ax.bar(table["method"], table[f"{col}_mean"], yerr=sd, capsize=4,
-               color=["#4C72B0", "#DD8452", "#55A868"][: len(table)])
-        if col == "trainable_params":
-            ax.set_yscale("log")
-        note = "" if higher is None else (" (higher is better)" if higher else " (lower is better)")
-        ax.set_title(label + note, fontsize=9)
-        ax.set_ylabel(label, fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"comparison_{col}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        charts.append(path.name)
-    show = pd.DataFrame({"method": table["method"], "seeds": table["seeds"]})
+    from results.comparison import comparison_charts
+
+    charts = comparison_charts(table, out_dir, about=f", {n_articles} articles" if n_articles
+                               else "")
+    show = pd.DataFrame({"method": table["method"], "seeds": table["n_seeds"]})
     for col, label, _ in COMPARE:
         if f"{col}_mean" in table:
             mean, sd = table[f"{col}_mean"], table[f"{col}_sd"]

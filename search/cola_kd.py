@@ -174,6 +174,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
+        report_split=(None if not data.origin.startswith("generated") else
+                      f"the generated dev set ({data.meta['dev_rows']} sentences; not GLUE dev)"),
         train_rows=int(data.meta["fit_rows"]),
         # The student (an embedding and a GRU, a few MB) is small beside its worker process.
         memory=lambda *_: Estimate(int(1.0 * GIB), "the worker process (~0.8 GiB) and a GRU "
@@ -193,7 +195,8 @@ def _student_row(label: str, plan, summary) -> tuple[dict, object]:
     best = runs[runs["rank"] == 1]
     top = summary[summary["rank"] == 1].iloc[0]
     model_dir = plan.exp_dir / "retrained" / best["job"].iloc[0]
-    row = {"model": label, "dev_accuracy": top["dev_accuracy"], "dev_mcc": top["dev_mcc"],
+    row = {"model": label, "n_seeds": int(top["n_seeds"]),
+           "dev_accuracy_mean": top["dev_accuracy_mean"], "dev_accuracy_sd": top["dev_accuracy_sd"],
            "dev_mcc_mean": top["dev_mcc_mean"], "dev_mcc_sd": top["dev_mcc_sd"],
            "params": int(best["trainable_params"].iloc[0]),
            "size_mb": (model_dir / WEIGHTS).stat().st_size / 1e6,
@@ -237,8 +240,9 @@ def compare(outcomes, kd) -> None:
     import pandas as pd
 
     t = kd.teacher
-    rows = [{"model": f"teacher ({t['kind']})", "dev_accuracy": f"{t['dev_accuracy']:.4f}",
-             "dev_mcc": f"{t['dev_mcc']:.4f}", "dev_mcc_mean": t["dev_mcc"], "dev_mcc_sd": 0.0,
+    rows = [{"model": f"teacher ({t['kind']})", "n_seeds": 1,
+             "dev_accuracy_mean": t["dev_accuracy"], "dev_accuracy_sd": float("nan"),
+             "dev_mcc_mean": t["dev_mcc"], "dev_mcc_sd": float("nan"),
              "params": t["params"], "size_mb": t["size_bytes"] / 1e6,
              "cpu_sentences_per_s": t["cpu_sentences_per_s"], "agreement": 1.0}]
     dev_ids = kd.cola.dev_ids
@@ -253,8 +257,12 @@ def compare(outcomes, kd) -> None:
     table = pd.DataFrame(rows)
     out_dir = outcomes[0][0].exp_dir
     table.to_csv(out_dir / "comparison.csv", index=False)
-    show = table[["model", "dev_accuracy", "dev_mcc", "params", "size_mb",
-                  "cpu_sentences_per_s", "agreement"]]
+    from results.tables import mean_sd
+
+    show = table[["model", "n_seeds", "params", "size_mb", "cpu_sentences_per_s",
+                  "agreement"]].copy()
+    for c in ("dev_accuracy", "dev_mcc"):
+        show.insert(2, c, [mean_sd(m, s) for m, s in zip(table[f"{c}_mean"], table[f"{c}_sd"])])
     print("\n== Teacher vs students on GLUE dev (students: best configuration, mean ± sd over "
           "seeds, last epoch)", flush=True)
     with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):

@@ -92,6 +92,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
+        report_split=(None if not data.origin.startswith("generated") else
+                      f"the generated dev set ({data.meta['dev_rows']} sentences; not GLUE dev)"),
         train_rows=int(data.meta["fit_rows"]),
         memory=lambda study, space, fixed: estimate(
             total_params=max(t for _, t in counts.values()),

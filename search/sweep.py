@@ -66,6 +66,10 @@ class SweepPlan:
     # --objectives: [(result column, "max"/"min")], several at once (Optuna multi-objective);
     # None: the one metric above
     objectives: list | None = None
+    # Random trials before TPE, GP and CMA-ES start modelling; None: a third of num_samples
+    # (2..10), see search.algorithms.startup_trials.
+    startup_trials: int | None = None
+    verbose: bool = False  # -v: Ray's status tables too, besides search.progress's lines
 
     def __post_init__(self):
         self.metric = self.metric or self.study.metric
@@ -155,6 +159,22 @@ def _run_config(plan: SweepPlan, name: str, parts: tuple = (), *, keep: int, sco
     )
 
 
+def progress(plan: SweepPlan, *, retrain: bool = False):
+    """The sweep's console lines (search.progress) for the sweep or its retrain."""
+    from search.algorithms import SCHEDULERS
+    from search.progress import progress_callback
+
+    if retrain:
+        report = plan.study.report_metric
+        shown = list(dict.fromkeys([report, report.replace("_mcc", "_accuracy")]))
+        return progress_callback(shown=shown, best_key=report, mode=plan.study.mode,
+                                 max_epochs=plan.max_epochs, stopper=None, label="retrain job")
+    base = [plan.metric.removeprefix("best_"), plan.study.metric.removeprefix("best_")]
+    stopper = None if plan.scheduler == "none" else SCHEDULERS[plan.scheduler].label
+    return progress_callback(shown=list(dict.fromkeys(base)), best_key=plan.study.metric,
+                             mode=plan.study.mode, max_epochs=plan.max_epochs, stopper=stopper)
+
+
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -240,10 +260,10 @@ def top_configs(trials: pd.DataFrame, plan: SweepPlan) -> list[dict]:
     metric = plan.study.metric
     ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
     if "status" in ok:  # a failed trial (non-finite loss, crash) keeps a best-so-far: never it
-        ok = ok[~ok["status"].isin(["FAILED", "ERROR"])]
+        ok = ok[ok["status"] != "failed"]
     out = []
     for _, row in ok.head(plan.retrain_top_k).iterrows():
-        hp = {k: row[f"config/{k}"] for k in plan.space}
+        hp = {k: row[k] for k in plan.space}
         hp = {k: (v.item() if hasattr(v, "item") else v) for k, v in hp.items()}
         out.append({"trial_id": row["trial_id"], "sweep_metric": float(row[metric]), "hparams": hp})
     return out
@@ -326,8 +346,10 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(
                 plan, RETRAIN_EXPERIMENT, (plan.name,), keep=1, score=None,  # the latest
-                reporter=_reporter(["epoch", plan.study.report_metric], ["job/_job"]),
-                callbacks=[_retrain_saver(out_root, push)]),
+                reporter=(_reporter(["epoch", plan.study.report_metric], ["job/_job"])
+                          if plan.verbose else None),
+                callbacks=[_retrain_saver(out_root, push), progress(plan, retrain=True)],
+                verbose=int(plan.verbose)),
         )
         tuner.fit()  # each job is saved by _SaveRetrain as soon as it finishes
     missing = [j["_job"] for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
@@ -360,7 +382,7 @@ def retrain_frame(out_root: Path, hparam_names: list[str]) -> pd.DataFrame:
         m = json.loads(f.read_text())
         rows.append({"job": m["job"], "rank": m["rank"], "sweep_trial": m["sweep_trial"],
                      "seed": m["config"]["seed"],
-                     **{f"config/{k}": m["config"].get(k) for k in hparam_names},
+                     **{k: m["config"].get(k) for k in hparam_names},
                      **{k: v for k, v in m["metrics"].items()
                         if (isinstance(v, (int, float)) and not isinstance(v, bool)
                             and k not in _NOT_MEASURES) or k == "git_commit"}})
@@ -369,20 +391,7 @@ def retrain_frame(out_root: Path, hparam_names: list[str]) -> pd.DataFrame:
 
 def summarize_retrain(runs: pd.DataFrame, hparam_names: list[str],
                       pattern: str = r"^dev(_in|_out)?_(accuracy|mcc)$") -> pd.DataFrame:
-    """mean ± sd over seeds per configuration, for every column matching ``pattern`` (the
-    study's ``report_columns``)."""
-    import re
+    """mean, sd and n over seeds per configuration (results.tables.summarize_seeds)."""
+    from results.tables import summarize_seeds
 
-    if runs.empty:
-        return runs
-    cols = [c for c in runs.columns if re.match(pattern, c)]
-    rows = []
-    for rank, g in runs.groupby("rank", sort=True):
-        row = {"rank": int(rank), "seeds": len(g),
-               **{k: g[f"config/{k}"].iloc[0] for k in hparam_names}}
-        for c in cols:
-            sd = g[c].std(ddof=1) if len(g) > 1 else float("nan")
-            row[f"{c}_mean"], row[f"{c}_sd"] = g[c].mean(), sd
-            row[c] = f"{g[c].mean():.4f} ± {sd:.4f}" if not math.isnan(sd) else f"{g[c].mean():.4f}"
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return summarize_seeds(runs, hparam_names, pattern)

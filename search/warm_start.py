@@ -66,7 +66,7 @@ def warm_start_points(exp_dir: str, metric: str, mode: str, space: dict,
     trials = trial_frame(path, metric=metric, mode=mode, records=read_trials(path))
     ok = trials[trials[metric].notna()] if metric in trials else trials.iloc[0:0]
     if "status" in ok:
-        ok = ok[~ok["status"].isin(["FAILED", "ERROR"])]
+        ok = ok[ok["status"] != "failed"]
     if ok.empty:
         raise InputError(f"{FLAG} {exp_dir!r}: no trial there has a value of {metric}")
     searched = {k: d for k, d in space.items() if not isinstance(d, Fixed)}
@@ -74,7 +74,7 @@ def warm_start_points(exp_dir: str, metric: str, mode: str, space: dict,
     for _, row in ok.head(top_k).iterrows():
         point = {}
         for name, dim in searched.items():
-            col = f"config/{name}"
+            col = name
             if col not in row or (isinstance(row[col], float) and math.isnan(row[col])):
                 raise InputError(f"{FLAG} {exp_dir!r}: trial {row['trial_id']} has no value for "
                                  f"dimension {name}")

@@ -53,3 +53,14 @@ class Fixed:
 
 
 Dimension = Uniform | LogUniform | Choice | Fixed
+
+
+# Where a hyperparameter cannot go, whatever the space says: a range whose bound sits on its
+# limit cannot be widened there (a best kd_fraction of 1.0 is not advice to widen [0, 1]).
+LIMITS = {
+    "kd_fraction": (0.0, 1.0),
+    "dropout": (0.0, 1.0),
+    "lora_dropout": (0.0, 1.0),
+    "weight_decay": (0.0, float("inf")),
+    "kd_temperature": (1.0, float("inf")),
+}

@@ -92,7 +92,7 @@ def test_trials_spread_and_survive_a_lost_node(cluster_factory, tmp_path, shared
     assert after[0]["epoch"] >= epoch_before and after[-1]["epoch"] == 6
     assert after[0]["node_id"] == w1.node_id
     trials = pd.read_csv(exp / "trials.csv")
-    assert (trials["status"] == "TERMINATED").all() and (trials["epochs_run"] == 6).all()
+    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 6).all()
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path, monkeypatch, capsys):
     assert all(t.state == optuna.trial.TrialState.FAIL for t in orphans)
     done = [t for t in study.trials if t.state.is_finished() and t not in orphans]
     assert len(done) == 8
-    ran = {round(float(v), 12) for v in trials["config/learning_rate"]}
+    ran = {round(float(v), 12) for v in trials["learning_rate"]}
     assert {round(t.params["learning_rate"], 12) for t in done} == ran
     # the retrain: exactly one result per (configuration, seed)
     runs = pd.read_csv(exp / "retrain_runs.csv")
@@ -98,13 +98,13 @@ def test_nan_trial_ends_alone(tmp_path, monkeypatch, capsys):
                                "--storage-path", str(storage)], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials = pd.read_csv(storage / "cola_lora" / "trials.csv")
-    failed = trials[trials["status"] == "FAILED"]
-    assert len(failed) >= 1 and (failed["config/learning_rate"] == 1e30).all()
+    failed = trials[trials["status"] == "failed"]
+    assert len(failed) >= 1 and (failed["learning_rate"] == 1e30).all()
     assert failed["failure"].str.contains("non-finite training loss").all()
-    assert (trials.loc[trials["status"] != "FAILED", "config/learning_rate"] == 1e-2).all()
+    assert (trials.loc[trials["status"] != "failed", "learning_rate"] == 1e-2).all()
     assert "failed: non-finite training loss" in r.stdout
     runs = pd.read_csv(storage / "cola_lora" / "retrain_runs.csv")  # the sweep went on
-    assert len(runs) == 1 and runs["config/learning_rate"].iloc[0] == 1e-2
+    assert len(runs) == 1 and runs["learning_rate"].iloc[0] == 1e-2
 
 
 @pytest.mark.slow
@@ -134,7 +134,7 @@ def test_unfixable_error_fails_the_trial_once(tmp_path, monkeypatch, tiny_model,
     finally:
         ray.shutdown()
     trials = trial_frame(plan.exp_dir, metric="best_val_mcc")
-    assert len(trials) == 2 and (trials["status"] == "FAILED").all()
+    assert len(trials) == 2 and (trials["status"] == "failed").all()
     assert trials["failure"].str.startswith("FileNotFoundError: model directory").all()
     for d in plan.exp_dir.glob("trial_*"):
         assert not (d / "error.txt").exists()  # never raised, so never retried
@@ -153,11 +153,11 @@ def test_a_failed_trial_is_never_picked_for_retrain(tmp_path):
                      fixed={}, num_samples=3, max_epochs=1, grace_period=1, reduction_factor=2,
                      seed=0, cpus_per_trial=1, gpus_per_trial=0, concurrency=1,
                      retrain_top_k=1, retrain_seeds=1)
-    hp = {f"config/{k}": d.edges()[0] for k, d in study.space.items()}
+    hp = {k: d.edges()[0] for k, d in study.space.items()}
     trials = pd.DataFrame([
-        {"trial_id": "bad", "status": "FAILED", study.metric: 0.9, **hp},
-        {"trial_id": "err", "status": "ERROR", study.metric: 0.8, **hp},
-        {"trial_id": "good", "status": "TERMINATED", study.metric: 0.5, **hp}])
+        {"trial_id": "bad", "status": "failed", study.metric: 0.9, **hp},
+        {"trial_id": "err", "status": "failed", study.metric: 0.8, **hp},
+        {"trial_id": "good", "status": "completed", study.metric: 0.5, **hp}])
     assert [c["trial_id"] for c in top_configs(trials, plan)] == ["good"]
 
 
@@ -217,14 +217,14 @@ def test_resume_continues_an_errored_trial_from_its_checkpoint(tmp_path, shared_
     trial, out, _ = _kill_worker_after_two_epochs(args, tmp_path, exp)
     status = lambda: pd.read_csv(exp / "trials.csv").set_index("trial_id").loc[  # noqa: E731
         trial.name.removeprefix("trial_"), "status"]
-    assert status() == "ERROR", out[-3000:]
+    assert status() == "failed", out[-3000:]
     before, _ = _epochs_and_pids(trial)
     assert before[-1] < 6
     r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     epochs, _ = _epochs_and_pids(trial)
     assert epochs == list(range(1, 7)), epochs  # went on after epoch before[-1], not from 1
-    assert status() == "TERMINATED"
+    assert status() == "completed"
 
 
 @pytest.mark.slow
@@ -313,10 +313,10 @@ def test_out_of_gpu_memory_fails_the_trial_once_naming_batch_and_share(tmp_path,
     finally:
         ray.shutdown()
     trials = trial_frame(tmp_path / "oom", metric="best_val_loss", mode="min")
-    by_batch = trials.set_index("config/batch_size")
-    assert by_batch.loc[64, "status"] == "FAILED"
+    by_batch = trials.set_index("batch_size")
+    assert by_batch.loc[64, "status"] == "failed"
     failure = by_batch.loc[64, "failure"]
     assert "out of GPU memory at batch_size 64" in failure and "--gpus-per-trial" in failure
     assert "Tried to allocate 2.00 GiB" in failure
     assert not list((tmp_path / "oom").glob("trial_*/error.txt"))  # raised nothing: no retry
-    assert by_batch.loc[8, "status"] == "TERMINATED" and by_batch.loc[8, "epochs_run"] == 2
+    assert by_batch.loc[8, "status"] == "completed" and by_batch.loc[8, "epochs_run"] == 2

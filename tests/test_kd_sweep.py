@@ -32,10 +32,10 @@ def test_kd_smoke_with_baseline_runs_teacher_once(tmp_path, monkeypatch, capsys)
     for name in ("cola_kd", "cola_kd-scratch"):
         trials = pd.read_csv(storage / name / "trials.csv")
         assert len(trials) >= 4
-        assert {"config/kd_fraction", "config/kd_temperature", "config/hidden_size",
+        assert {"kd_fraction", "kd_temperature", "hidden_size",
                 "last_val_agreement", "best_val_mcc"} <= set(trials.columns)
     scratch = pd.read_csv(storage / "cola_kd-scratch" / "trials.csv")
-    assert (scratch["config/kd_fraction"] == 1.0).all()
+    assert (scratch["kd_fraction"] == 1.0).all()
     table = pd.read_csv(storage / "cola_kd" / "comparison.csv")
     assert table["model"].tolist()[1:] == ["KD student", "scratch student"]
     assert table["model"].iloc[0].startswith("teacher")

@@ -55,14 +55,14 @@ def test_a_trial_killed_for_memory_fails_alone(tmp_path, monkeypatch):
     finally:
         ray.shutdown()
     trials = trial_frame(tmp_path / "oom", metric="best_val_mcc")
-    trials["hog"] = trials["config/hog"].astype(bool)
+    trials["hog"] = trials["hog"].astype(bool)
     # (Ray's monitor may also kill a trial that started while the hog's memory was being
     # freed; a trial killed before it wrote anything has no folder content to list)
     assert len(trials) >= 2, trials
-    killed = trials[trials["status"] == "ERROR"]
-    assert trials.loc[trials["hog"], "status"].iloc[0] == "ERROR", trials
+    killed = trials[trials["status"] == "failed"]
+    assert trials.loc[trials["hog"], "status"].iloc[0] == "failed", trials
     assert killed["failure"].str.contains(MEMORY_KILLED, regex=False).all(), killed["failure"]
     assert killed["failure"].str.contains("Memory on the node").all()
     # the sweep went on: every trial not killed ran to its end
-    rest = trials[trials["status"] != "ERROR"]
+    rest = trials[trials["status"] != "failed"]
     assert len(rest) >= 1 and (rest["epochs_run"] == 3).all(), trials

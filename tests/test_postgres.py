@@ -49,7 +49,7 @@ def test_two_sweeps_at_once_in_one_database(pg, tmp_path):
         assert len(study.trials) == n
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
         trials = pd.read_csv(exp / "trials.csv")
-        ran = sorted(round(v, 10) for v in trials["config/learning_rate"])
+        ran = sorted(round(v, 10) for v in trials["learning_rate"])
         assert sorted(round(t.params["learning_rate"], 10) for t in study.trials) == ran
         for t in study.trials:
             assert t.intermediate_values and set(t.intermediate_values) <= {1, 2}
@@ -99,7 +99,7 @@ def test_server_killed_during_a_sweep_then_resume(pg, tmp_path, monkeypatch, cap
     assert len(trials) == 6
     told = [round(t.params["learning_rate"], 10) for t in study.trials
             if t.state.is_finished() and not t.user_attrs.get("failed_because")]
-    ran = [round(v, 10) for v in trials["config/learning_rate"]]
+    ran = [round(v, 10) for v in trials["learning_rate"]]
     # every trial of the sweep is in the study, finished; beyond them at most the one trial
     # the crash cut short (it reported before the driver stopped; Tune ran a new one instead)
     assert set(ran) <= set(told) and len(told) - len(ran) <= 1, (ran, told)

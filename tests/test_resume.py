@@ -53,8 +53,8 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     cut = pd.read_csv(exp / "trials.csv")
     ended = [t for t, s in statuses.items() if s in ("TERMINATED", "ERROR")]
     unfinished = cut[~cut["trial_id"].isin(ended)]
-    assert len(unfinished) >= 1 and set(unfinished["status"]) == {"INTERRUPTED"}, cut
-    assert not unfinished["stopped_early"].any()
+    assert len(unfinished) >= 1 and set(unfinished["status"]) == {"interrupted"}, cut
+    assert not (unfinished["status"] == "stopped").any()
     assert "stopped early" not in out.split("Sweep interrupted")[-1]
 
     # The interrupted driver was a real process (SIGINT); the resumes run in this process

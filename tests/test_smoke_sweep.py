@@ -2,28 +2,54 @@
 sweep without data runs the script as a process (the session's, shared with test_report); the
 one on the real CoLA slice runs its ``main`` in this process (``run_main``)."""
 import json
+import re
 
 import pandas as pd
 import pytest
 
 from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main
 
-TRIAL_COLUMNS = {"trial_id", "config/learning_rate", "config/lora_r", "config/lora_alpha",
-                 "config/lora_dropout", "config/batch_size", "config/weight_decay",
-                 "best_val_mcc", "last_val_accuracy", "last_val_mcc", "epochs_run",
-                 "stopped_early", "trainable_params", "wall_s", "seed", "git_commit", "versions"}
+# trials.csv is tidy: exactly these columns (the README's data dictionary), the
+# hyperparameters named as in the space, no config internals, one time column.
+TRIAL_COLUMNS = ["trial_id", "searcher", "scheduler", "search_seed", "status", "failure",
+                 "learning_rate", "lora_r", "lora_alpha", "lora_dropout", "batch_size",
+                 "weight_decay", "best_val_mcc", "epochs_run", "patience_stopped", "wall_s",
+                 "last_val_loss", "last_val_accuracy", "last_val_mcc", "last_val_soft_mcc",
+                 "last_val_auc", "last_train_accuracy", "last_train_mcc", "best_val_loss", "best_val_accuracy", "best_val_soft_mcc",
+                 "best_val_auc", "last_train_loss", "peak_mem_mb", "train_mem_mb", "trainable_params",
+                 "total_params", "seed", "git_commit", "versions"]
 EPOCH_COLUMNS = {"trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_mcc",
                  "best_val_mcc", "elapsed_s", "seed", "git_commit", "versions"}
+
+
+def check_console(out: str, trials, epochs) -> None:
+    """The sweep's own lines: one per trial-epoch, one per trial's end, one per retrain job's
+    epoch and end; none of Ray's status tables or warnings without -v."""
+    lines = out.splitlines()
+    per_epoch = [ln for ln in lines if re.match(r"^\[ *[\d hmins]+\] trial \w+ epoch \d+/3: ", ln)]
+    assert len(per_epoch) == len(epochs), per_epoch
+    ended = [ln for ln in lines if re.match(r"^\[.*\] trial \w+ (completed|stopped by ASHA)", ln)]
+    assert len(ended) == len(trials)
+    assert sum("stopped by ASHA" in ln for ln in ended) == (trials["status"] == "stopped").sum()
+    assert any(re.match(r"^\[.*\] retrain job \w+-seed\d+ completed after 3 epochs", ln)
+               for ln in lines)
+    for noise in ("== Status ==", "Result logdir", "Token authentication", "Tuner.restore",
+                  "A new study created"):
+        assert noise not in out, noise
+    assert "active compute" in out and "elapsed" in out
 
 
 def check_experiment(exp, out, num_samples, retrain_rows):
     trials = pd.read_csv(exp / "trials.csv")
     epochs = pd.read_csv(exp / "epochs.csv")
     assert len(trials) == num_samples
-    assert TRIAL_COLUMNS <= set(trials.columns), TRIAL_COLUMNS - set(trials.columns)
+    assert list(trials.columns) == TRIAL_COLUMNS, set(trials.columns) ^ set(TRIAL_COLUMNS)
+    assert set(trials["status"]) <= {"completed", "stopped", "failed", "interrupted"}
+    assert (trials["status"] == trials["epochs_run"].map(
+        lambda e: "completed" if e == 3 else "stopped")).all()
     assert EPOCH_COLUMNS <= set(epochs.columns), EPOCH_COLUMNS - set(epochs.columns)
     assert len(epochs) == trials["epochs_run"].sum()
-    assert trials["stopped_early"].sum() >= 1, "ASHA stopped no trial"
+    assert (trials["status"] == "stopped").sum() >= 1, "ASHA stopped no trial"
     assert trials["epochs_run"].max() == 3
     assert (trials["trainable_params"] > 0).all()
     assert trials["best_val_mcc"].is_monotonic_decreasing  # sorted leaderboard
@@ -34,6 +60,10 @@ def check_experiment(exp, out, num_samples, retrain_rows):
     for col in ("dev_accuracy_mean", "dev_mcc_mean", "dev_mcc_sd", "dev_in_mcc_mean",
                 "dev_out_mcc_mean"):
         assert col in summary and summary[col].notna().all()
+    # numbers only (mean, sd and n apart); "mean ± sd" is the console's and the report's
+    assert all(pd.api.types.is_numeric_dtype(summary[c]) for c in summary.columns), summary.dtypes
+    assert (summary["n_seeds"] == 2).all()
+    check_console(out, trials, epochs)
     for job in runs["job"]:
         adapter = exp / "retrained" / job
         assert (adapter / "adapter_model.safetensors").is_file()

@@ -35,7 +35,7 @@ def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir, monkeypatch, 
                        ("last-layers", "n_last_layers")):
         exp = storage / f"cnndm-{method}"
         trials = pd.read_csv(exp / "trials.csv")
-        assert len(trials) == 4 and f"config/{hp}" in trials
+        assert len(trials) == 4 and hp in trials
         assert trials["best_val_loss"].is_monotonic_increasing  # mode min: best first
         epochs = pd.read_csv(exp / "epochs.csv")
         assert EPOCH_COLUMNS <= set(epochs.columns), EPOCH_COLUMNS - set(epochs.columns)
@@ -56,18 +56,34 @@ def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir, monkeypatch, 
         assert len(lines) == 8 and all(x["reference"] and "generated" in x for x in lines)
     # the soft prompt is num_virtual_tokens x n_embd (64 in the smoke model)
     prompt = pd.read_csv(storage / "cnndm-prompt" / "trials.csv")
-    assert (prompt["trainable_params"] == prompt["config/num_virtual_tokens"] * 64).all()
+    assert (prompt["trainable_params"] == prompt["num_virtual_tokens"] * 64).all()
     table = pd.read_csv(storage / "cnndm" / "comparison.csv")
     assert table["method"].tolist() == ["prompt", "lora", "last-layers"]
     for col in ("test_loss_mean", "test_rouge1_mean", "test_rouge2_mean", "test_rougeL_mean",
                 "trainable_params_mean", "mean_train_s_mean", "max_peak_mem_mb_mean"):
         assert table[col].notna().all(), col
     assert table.set_index("method")["trainable_params_mean"].idxmin() == "prompt"
-    for png in ("test_rougeL", "test_loss", "trainable_params"):
+    assert (table["max_train_mem_mb_mean"] > 0).all() and (table["rouge_articles"] == 8).all()
+    # ROUGE-1/2/L in one grouped chart; one chart per other measure
+    for png in ("rouge", "test_loss", "trainable_params", "max_train_mem_mb"):
         img = Image.open(storage / "cnndm" / f"comparison_{png}.png").convert("L")
         lo, hi = img.getextrema()
         assert img.size[0] > 200 and hi - lo > 100  # drawn, not blank
+    assert not (storage / "cnndm" / "comparison_test_rougeL.png").exists()
     assert "Methods compared on the test split" in r.stdout
+    # The folder the command names for comparison.csv is a report's input: its three methods,
+    # the comparison as "mean ± sd" text and its charts
+    from results.__main__ import main as results_main
+
+    capsys.readouterr()
+    assert results_main(["report", str(storage / "cnndm")]) == 0
+    md = (storage / "cnndm" / "report" / "report.md").read_text()
+    for method in ("cnndm-prompt", "cnndm-lora", "cnndm-last-layers"):
+        assert f"## {method}" in md
+    comparison = md.split("### Comparison")[1]
+    assert "test_rouge1_mean" not in comparison and "test_rouge1" in comparison
+    assert "comparison_rouge.png" in comparison
+    assert "the best epoch's weights" in md
 
 
 @pytest.mark.slow

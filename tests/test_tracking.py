@@ -64,7 +64,7 @@ def test_every_tracker_gets_a_run_per_trial_with_its_epochs(tmp_path):
     assert len(mruns) == 3
     by_lr = {round(float(m.data.params["learning_rate"]), 10): m for m in mruns}
     for _, t in trials.iterrows():
-        m = by_lr[round(t["config/learning_rate"], 10)]
+        m = by_lr[round(t["learning_rate"], 10)]
         history = client.get_metric_history(m.info.run_id, "val_mcc")
         assert len(history) == t["epochs_run"]  # one value per epoch the trial ran
     retrain = client.get_experiment_by_name("cola_lora/retrain")
