@@ -32,6 +32,12 @@ class Study:
     # --metric NAME -> (result key, mode): what the searcher and the scheduler may rank trials
     # on; the first is the default. Retrain selection always uses ``metric``.
     search_metrics: dict = field(default_factory=dict)
+    # CoLA adapter methods (search/cola_lora.py --method NAME): how to build the model, the
+    # dimension whose values change the trainable-parameter count (None: one count), and the
+    # --space overrides the smoke test's tiny model needs.
+    build_model: Callable | None = None
+    size_dim: str | None = None
+    smoke_space: tuple = ()
 
     @property
     def default_search_metric(self) -> str:
@@ -45,6 +51,19 @@ COLA_SEARCH = {"auc": ("best_val_auc", "max"), "soft_mcc": ("best_val_soft_mcc",
 CNNDM_SEARCH = {"loss": ("best_val_loss", "min")}
 
 
+def _cola_adapter(method: str, module, config_cls, build_model, space_module, *,
+                  size_dim: str | None = None) -> Study:
+    return Study(f"cola_{method}", module.trainable, space_module.SPACE, config_cls,
+                 metric="best_val_mcc", mode="max", report_metric="dev_mcc",
+                 search_metrics=COLA_SEARCH, build_model=build_model, size_dim=size_dim,
+                 smoke_space=tuple(getattr(space_module, "SMOKE", ())))
+
+
+def adapter_methods() -> list[str]:
+    """The CoLA adapter methods ``search/cola_lora.py --method`` offers."""
+    return [n.removeprefix("cola_") for n, s in STUDIES.items() if s.build_model is not None]
+
+
 def _cnndm(method: str, module, config_cls, space) -> Study:
     return Study(f"cnndm_{method}", module.trainable, space, config_cls,
                  metric="best_val_loss", mode="min", report_metric="test_loss",
@@ -54,9 +73,8 @@ def _cnndm(method: str, module, config_cls, space) -> Study:
 
 
 STUDIES: dict[str, Study] = {
-    "cola_lora": Study("cola_lora", cola_lora.trainable, cola_lora_space.SPACE,
-                       cola_lora.ColaLoraConfig, metric="best_val_mcc", mode="max",
-                       report_metric="dev_mcc", search_metrics=COLA_SEARCH),
+    "cola_lora": _cola_adapter("lora", cola_lora, cola_lora.ColaLoraConfig,
+                               cola_lora.build_lora_model, cola_lora_space, size_dim="lora_r"),
     "cola_kd": Study("cola_kd", cola_kd.trainable, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
                      metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                      search_metrics=COLA_SEARCH),

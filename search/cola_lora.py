@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """CoLA + LoRA sweep: GPT-2 (or any HF model with a sequence-classification head) fine-tuned
-with peft LoRA on CoLA; a searcher proposes (Optuna TPE by default), a scheduler stops weak
+with peft LoRA (or another adapter method, --method) on CoLA; a searcher proposes (Optuna TPE by default), a scheduler stops weak
 trials (ASHA by default), ranking them on a held-out slice of the training set; the best
 configurations by MCC there are retrained with several seeds and reported on GLUE dev
 (accuracy and MCC, in-domain and out-of-domain apart).
@@ -8,6 +8,7 @@ configurations by MCC there are retrained with several seeds and reported on GLU
     python search/cola_lora.py --gpus 4                       # hub gpt2 + hub GLUE CoLA
     python search/cola_lora.py --data-dir DIR --model PATH    # offline
     python search/cola_lora.py --smoke-test                   # tiny model, no data, CPU
+    python search/cola_lora.py --method ia3 --smoke-test      # another adapter method
 """
 from __future__ import annotations
 
@@ -17,19 +18,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
+from models.registry import adapter_methods, get_study  # noqa: E402
 from search.cli import (Prepared, add_cola_arguments, base_parser, copy_tree,  # noqa: E402
                         load_cola_splits, run)
 
 STUDY = "cola_lora"
-# A randomly initialised tiny GPT-2 needs larger steps than a pretrained one to learn anything
-# in 3 epochs (below ~3e-3 it stays at the majority class, MCC 0; above ~2e-2 it diverges on
-# length-grouped batches); the smoke test searches this range unless --space says otherwise.
-SMOKE_SPACE = ["learning_rate=3e-3:1.5e-2"]
 
 
 def parser():
     p = base_parser("cola_lora.py", __doc__.split("\n\n")[0])
     g = p.add_argument_group("CoLA + LoRA")
+    g.add_argument("--method", choices=adapter_methods(), default="lora",
+                   help="the adapter method (each has its own search space in spaces/; the "
+                        "experiment is named cola_<method> unless --name says otherwise)")
     g.add_argument("--model", default=None,
                    help="hub id (gpt2, gpt2-medium, ...) or a local model directory "
                         "(default gpt2; a tiny in-process GPT-2 with --smoke-test)")
@@ -43,15 +44,15 @@ def parser():
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     from models.cola_data import tokenize_cola
-    from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
-    from models.registry import get_study
     from search.memory import estimate, largest, model_shape
 
+    study = get_study(f"cola_{args.method}")
     splits = load_cola_splits(args)
-    if args.smoke_test and not any(s.startswith("learning_rate=") for s in args.space):
-        args.space = SMOKE_SPACE + args.space
+    if args.smoke_test:  # the study's smoke overrides, unless --space names the same dimension
+        mine = {x.split("=", 1)[0] for x in args.space}
+        args.space = [x for x in study.smoke_space if x.split("=", 1)[0] not in mine] + args.space
     finalize = None
     if args.smoke_test and args.model is None:
         final = exp_dir / "smoke-model"
@@ -72,12 +73,15 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
 
     # Check the adapter targets and count parameters on an empty (meta-device) model.
     counts = {}
+    sizes = ([None] if study.size_dim is None else
+             sorted({int(v) for v in study.space[study.size_dim].edges()}))
     try:
-        for r in sorted({int(v) for v in get_study(STUDY).space["lora_r"].edges()}):
-            cfg = ColaLoraConfig(model=tok_dir, lora_r=r, target_modules=targets)
-            m = build_lora_model(cfg, pad_token_id=data.pad_token_id, meta=True)
+        for v in sizes:
+            cfg = study.config_cls(model=tok_dir, target_modules=targets,
+                                   **({study.size_dim: v} if v is not None else {}))
+            m = study.build_model(cfg, pad_token_id=data.pad_token_id, meta=True)
             trainable, total = m.get_nb_trainable_parameters()
-            counts[r] = (trainable, total)
+            counts[v] = (trainable, total)
     except ValueError as e:
         raise InputError(f"--target-modules {' '.join(args.target_modules or ['(default)'])}: "
                          f"{str(e).splitlines()[0]}") from None
@@ -88,7 +92,10 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             "model": model, "data": data.origin,
             "rows": f"{data.meta['fit_rows']} fit / {data.meta['select_rows']} selection "
                     f"(trials are scored here) / {data.meta['dev_rows']} dev (retrains only)",
-            "trainable params": ", ".join(f"r={r}: {t:,} of {tot:,}" for r, (t, tot) in counts.items()),
+            "method": study.name.removeprefix("cola_"),
+            "trainable params": ", ".join(
+                (f"{study.size_dim}={v}: " if v is not None else "") + f"{t:,} of {tot:,}"
+                for v, (t, tot) in counts.items()),
         },
         finalize=finalize,
         extra={"majority_baseline": data.majority_baseline()},
@@ -105,7 +112,10 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
 
 
 def main(argv=None) -> int:
-    return run(STUDY, argv, parser(), prepare)
+    # The method names the study (and, by default, the experiment): read it first. A bad value
+    # is argparse's exit 2, naming --method and its choices.
+    method = parser().parse_known_args(argv)[0].method
+    return run(f"cola_{method}", argv, parser(), prepare)
 
 
 if __name__ == "__main__":

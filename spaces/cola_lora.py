@@ -14,3 +14,8 @@ SPACE = {
     "batch_size": Choice((16, 32, 64)),
     "weight_decay": Uniform(0.0, 0.1),
 }
+
+# --smoke-test: a randomly initialised tiny GPT-2 needs larger steps than a pretrained one to
+# learn anything in 3 epochs (below ~3e-3 it stays at the majority class, MCC 0; above ~2e-2
+# it diverges on length-grouped batches). --space flags, so a user's own --space wins.
+SMOKE = ["learning_rate=3e-3:1.5e-2"]

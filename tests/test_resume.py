@@ -1,6 +1,7 @@
 """Interrupt a real sweep after some trials finish, then --resume: no finished trial reruns,
 the total stays --num-samples, and a rerun after the retrain skips finished retrains."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
             proc.kill()
     assert proc.returncode == 130, out[-3000:]
     assert "--resume" in out
+    assert "Tuner.restore" not in out  # Ray's own hint contradicts --resume; shown only with -v
     # Finished = what Tune recorded as TERMINATED (a trial may have written its last checkpoint
     # just before the interrupt without the driver having processed it: that one resumes).
     statuses = trial_statuses(exp)
@@ -61,6 +63,8 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     # (run_main), as the script would run them.
     r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # the resumed sweep's own progress lines (its callback comes back from Tune's pickle)
+    assert re.search(r"\] trial \w+ epoch \d/3: ", r.stdout) and "active compute" in r.stdout
     trials = pd.read_csv(exp / "trials.csv")
     assert len(trials) == 8 and len(list(exp.glob("trial_*"))) == 8
     for name, text in before.items():

@@ -1,0 +1,70 @@
+"""What every CoLA adapter method shares (LoRA, and any peft method that wraps a
+sequence-classification model: IA3, DoRA): the training loss with its confusion counts, the
+evaluator, the batches, saving and loading the adapter, and the Ray trainable. A method module
+supplies only its config class and ``build_model(cfg, pad_token_id=..., meta=...)``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from models.batching import classification_batches
+from models.classify import make_evaluator, stage_splits, stage_track
+from models.cola_data import ColaData
+from models.hf import count_parameters
+from models.loop import TrialSetup
+from models.metrics import confusion_counts, confusion_metrics
+
+
+def forward(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def loss(model, batch):
+    out = model(**batch)
+    return out.loss, confusion_counts(out.logits, batch["labels"])
+
+
+def adapter_setup(cfg, data: ColaData, device, *, build_model: Callable) -> TrialSetup:
+    """The TrialSetup of a peft adapter on a sequence classifier (the trial harness calls it
+    once per trial)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model = build_model(cfg, pad_token_id=data.pad_token_id).to(device)
+    train_split, evals, metric = stage_splits(data, cfg.stage)
+    ids, labels = data.split(train_split)
+
+    def train_batches(epoch: int):
+        return classification_batches(ids, labels, batch_size=cfg.batch_size,
+                                      pad_id=data.pad_token_id, shuffle_seed=cfg.seed * 1000 + epoch,
+                                      group_by_length=cfg.group_by_length)
+
+    def save(path: str):
+        model.save_pretrained(path)  # adapter_model.safetensors + adapter_config.json
+
+    def load(path: str):
+        set_peft_model_state_dict(model, load_file(str(Path(path) / "adapter_model.safetensors")))
+
+    return TrialSetup(
+        model=model, loss_fn=loss, train_batches=train_batches,
+        steps_per_epoch=-(-len(ids) // cfg.batch_size),
+        evaluate=make_evaluator(data, evals, forward=forward, device=device),
+        best_metric=metric, mode="max", save_weights=save, load_weights=load,
+        info=count_parameters(model), track=stage_track(cfg.stage),
+        train_stats=confusion_metrics,
+    )
+
+
+def make_trainable(config_cls, build_model: Callable):
+    """The method's Ray Tune function trainable (``data`` arrives via tune.with_parameters)."""
+
+    def setup(cfg, data, device):
+        return adapter_setup(cfg, data, device, build_model=build_model)
+
+    def trainable(config: dict, data: ColaData, provenance: dict) -> None:
+        from models.trial import run_trial
+
+        run_trial(config, data=data, provenance=provenance, config_cls=config_cls,
+                  setup_fn=setup)
+
+    return setup, trainable
