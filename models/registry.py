@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from models import (cola_kd, cola_lora, summarize_last_layers, summarize_lora,
-                    summarize_prompt)
+from models import (cola_dora, cola_ia3, cola_kd, cola_lora, summarize_last_layers,
+                    summarize_lora, summarize_prompt)
 from spaces import cnndm as cnndm_space
+from spaces import cola_dora as cola_dora_space
+from spaces import cola_ia3 as cola_ia3_space
 from spaces import cola_kd as cola_kd_space
 from spaces import cola_lora as cola_lora_space
 
@@ -75,6 +77,10 @@ def _cnndm(method: str, module, config_cls, space) -> Study:
 STUDIES: dict[str, Study] = {
     "cola_lora": _cola_adapter("lora", cola_lora, cola_lora.ColaLoraConfig,
                                cola_lora.build_lora_model, cola_lora_space, size_dim="lora_r"),
+    "cola_ia3": _cola_adapter("ia3", cola_ia3, cola_ia3.ColaIA3Config, cola_ia3.build_ia3_model,
+                              cola_ia3_space),
+    "cola_dora": _cola_adapter("dora", cola_dora, cola_dora.ColaDoraConfig,
+                               cola_dora.build_dora_model, cola_dora_space, size_dim="lora_r"),
     "cola_kd": Study("cola_kd", cola_kd.trainable, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
                      metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                      search_metrics=COLA_SEARCH),
