@@ -186,3 +186,11 @@ def test_smoke_tests_default_to_their_own_storage(tmp_path, monkeypatch, capsys)
     assert r.returncode == 2 and "ray_results/smoke/cola_lora" in r.stderr, r.stderr
     r = run_main(COLA_SCRIPT, ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 2 and "ray_results/cola_lora" in r.stderr, r.stderr
+
+
+def test_unknown_adapter_method_exits_2(tmp_path, monkeypatch, capsys):
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--method", "adapters", "--storage-path",
+                               str(tmp_path / "runs")], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2
+    assert "--method" in r.stderr and "'adapters'" in r.stderr and "ia3" in r.stderr
+    assert not (tmp_path / "runs").exists()

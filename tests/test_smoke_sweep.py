@@ -93,3 +93,28 @@ def test_smoke_sweep_on_real_cola_slice(tmp_path, shared_cola, monkeypatch, caps
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "NYU CoLA 1.1" in r.stdout and "1043 dev" in r.stdout
     check_experiment(tmp_path / "runs" / "real", r.stdout, num_samples=6, retrain_rows=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,size", [("ia3", None), ("dora", "lora_r")])
+def test_other_adapter_methods_smoke(method, size, tmp_path, monkeypatch, capsys):
+    """IA3 and DoRA: added as a model module, a space and one registry entry each; the same
+    command runs them (--method), with their own spaces and parameter counts."""
+    from models.registry import get_study
+
+    storage = tmp_path / "runs"
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--method", method, "--num-samples", "2",
+                               "--max-epochs", "2", "--retrain-top-k", "1", "--retrain-seeds",
+                               "1", "--storage-path", str(storage)], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = storage / f"cola_{method}"
+    record = json.loads((exp / "experiment.json").read_text())
+    assert record["study"] == f"cola_{method}" and set(record["space"]) == set(
+        get_study(f"cola_{method}").space)
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 2 and (trials["trainable_params"] > 0).all()
+    assert ("lora_r" in trials) == (size is not None)
+    job = pd.read_csv(exp / "retrain_runs.csv")["job"].iloc[0]
+    adapter = json.loads((exp / "retrained" / job / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == {"ia3": "IA3", "dora": "LORA"}[method]
+    assert adapter.get("use_dora", False) == (method == "dora")
