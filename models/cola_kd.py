@@ -70,10 +70,6 @@ class KDData:
         return source[self.cola.indices(split)]
 
 
-def build_student(cfg: ColaKDConfig, *, vocab_size: int, pad_token_id: int) -> GRUStudent:
-    return GRUStudent(vocab_size=vocab_size, pad_token_id=pad_token_id, **cfg.student_kwargs())
-
-
 def load_student(d: str | Path) -> GRUStudent:
     """A student saved by a trial checkpoint or a retrain."""
     from safetensors.torch import load_file

@@ -70,8 +70,5 @@ class TrialConfig:
                               f"not a field of {cls.__name__}: {sorted(cls.field_names())}")
         return cls(**{k: _plain(v) for k, v in config.items()})
 
-    def replace(self, **changes) -> "TrialConfig":
-        return dataclasses.replace(self, **changes)
-
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

@@ -1,7 +1,8 @@
 """The one registry: study name -> trainable, search space, config class, metric and mode.
 
-Adding a study (or a summarization method) means adding its model module and its space, then
-one entry here."""
+A CoLA adapter method is a model module (config + ``build_model``) and a space, then one entry
+here; ``search/cola_lora.py --method`` offers it. A new study also needs its command in
+``search/``; a summarization method, a line in ``search/cnndm_summarize.py``'s ``METHODS``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -17,8 +17,6 @@ from models.batching import classification_batches
 from models.console import bar
 from models.errors import InputError
 
-# How many full passes the teacher has made in this process (the tests count them).
-PASSES = {"count": 0, "forwards": 0}
 
 
 def _has_tokenizer(d: Path) -> bool:
@@ -87,7 +85,6 @@ def load_teacher(path: str):
 def teacher_logits(model, ids: list[np.ndarray], *, pad_id: int, batch_size: int = 64,
                    device: str | torch.device = "cpu") -> tuple[np.ndarray, float]:
     """One batched pass: -> (logits [N, 2] float32, sentences per second)."""
-    PASSES["count"] += 1
     model.to(device)
     out = []
     t0 = time.perf_counter()
@@ -95,7 +92,6 @@ def teacher_logits(model, ids: list[np.ndarray], *, pad_id: int, batch_size: int
                                      batch_size=batch_size, pad_id=pad_id)
     for batch in bar(batches, total=-(-len(ids) // batch_size), desc="teacher logits",
                      unit="batch"):
-        PASSES["forwards"] += 1
         logits = model(input_ids=batch["input_ids"].to(device),
                        attention_mask=batch["attention_mask"].to(device)).logits
         if logits.shape[-1] != 2:

@@ -144,11 +144,6 @@ def pull_own_files(remote: Remote, name: str, local: Path) -> int:
     return remote.pull(local, name, skip=lambda rel: is_tune_owned(rel) or (local / rel).exists())
 
 
-def pull_experiment(remote: Remote, name: str, local: Path) -> int:
-    """Everything of experiment ``name`` except checkpoints (for a report)."""
-    return remote.pull(local, name, skip=is_checkpoint)
-
-
 def push_own_files(remote: Remote, name: str, local: Path) -> int:
     """The driver's own files of experiment ``name`` (not Tune's) from the mirror to the bucket."""
     if not local.exists():

@@ -351,7 +351,7 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                 callbacks=[_retrain_saver(out_root, push), progress(plan, retrain=True)],
                 verbose=int(plan.verbose)),
         )
-        tuner.fit()  # each job is saved by _SaveRetrain as soon as it finishes
+        tuner.fit()  # each job is saved by SaveRetrain as soon as it finishes
     missing = [j["_job"] for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
     if missing:
         print(f"[retrain] not finished: {', '.join(missing)}; rerun the same command with "

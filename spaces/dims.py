@@ -52,8 +52,6 @@ class Fixed:
         return f"fixed {self.value}"
 
 
-Dimension = Uniform | LogUniform | Choice | Fixed
-
 
 # Where a hyperparameter cannot go, whatever the space says: a range whose bound sits on its
 # limit cannot be widened there (a best kd_fraction of 1.0 is not advice to widen [0, 1]).

@@ -134,7 +134,10 @@ def joined_cluster(tmp_path_factory):
     cluster.shutdown()
 
 
-@pytest.mark.parametrize("case", ["missing-gpus", "local-storage-multinode", "no-cluster"])
+# The first two join a 3-node cluster (slow); the third finds none.
+@pytest.mark.parametrize("case", [pytest.param("missing-gpus", marks=pytest.mark.slow),
+                                  pytest.param("local-storage-multinode", marks=pytest.mark.slow),
+                                  "no-cluster"])
 def test_cluster_bad_input(case, request, tmp_path, monkeypatch, capsys):
     # The command runs in this process (run_main): it joins the cluster (or fails to) and
     # exits 2; the exit code of a real process is proven in test_bad_input.

@@ -21,14 +21,28 @@ def test_kd_smoke_with_baseline_runs_teacher_once(tmp_path, monkeypatch, capsys)
     spec = importlib.util.spec_from_file_location("cola_kd_cli", KD_SCRIPT)
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    teacher.PASSES.update(count=0, forwards=0)
+    # Count the teacher's passes and batches where they happen (its batch iterator).
+    passes = {"count": 0, "forwards": 0}
+    real_logits, real_batches = teacher.teacher_logits, teacher.classification_batches
+
+    def counting_logits(*a, **k):
+        passes["count"] += 1
+        return real_logits(*a, **k)
+
+    def counting_batches(*a, **k):
+        for b in real_batches(*a, **k):
+            passes["forwards"] += 1
+            yield b
+
+    monkeypatch.setattr(teacher, "teacher_logits", counting_logits)
+    monkeypatch.setattr(teacher, "classification_batches", counting_batches)
     storage = tmp_path / "runs"
     code = cli.main(["--smoke-test", "--with-baseline", "--storage-path", str(storage)])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     # One pass of the teacher over train + dev for the whole command (both sweeps, all
     # trials, all retrains): 600 + 200 generated sentences in batches of 64.
-    assert teacher.PASSES == {"count": 1, "forwards": math.ceil(800 / 64)}
+    assert passes == {"count": 1, "forwards": math.ceil(800 / 64)}
     for name in ("cola_kd", "cola_kd-scratch"):
         trials = pd.read_csv(storage / name / "trials.csv")
         assert len(trials) >= 4

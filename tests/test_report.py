@@ -54,6 +54,7 @@ def non_trivial(png):
     return img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 10 and (img < 128).mean() > 0.005
 
 
+@pytest.mark.slow
 def test_report_of_one_sweep(sweeps, tmp_path, capsys):
     exp = sweeps / "cola_lora"
     out = tmp_path / "rep"
@@ -85,6 +86,7 @@ def test_report_of_one_sweep(sweeps, tmp_path, capsys):
     assert "the generated dev set" in retrain and "| majority class |" in retrain
 
 
+@pytest.mark.slow
 def test_optuna_study_persists_in_sqlite(sweeps):
     import optuna
 
@@ -100,6 +102,7 @@ def test_optuna_study_persists_in_sqlite(sweeps):
                for t in study.trials)
 
 
+@pytest.mark.slow
 def test_side_by_side(sweeps, tmp_path, capsys):
     out = tmp_path / "both"
     r = report_here([sweeps / "cola_lora", sweeps / "cnndm-prompt", "--out", out], capsys)
@@ -113,6 +116,7 @@ def test_side_by_side(sweeps, tmp_path, capsys):
     assert "num_virtual_tokens" in prompt
 
 
+@pytest.mark.slow
 def test_damaged_directory(sweeps, tmp_path, capsys):
     exp = tmp_path / "cola_lora"
     shutil.copytree(sweeps / "cola_lora", exp, ignore=shutil.ignore_patterns("report"))
