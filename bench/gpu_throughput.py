@@ -102,7 +102,7 @@ def main() -> None:
         print(f"--batch-sizes {bad[0]}: must be >= 1", file=sys.stderr)
         sys.exit(2)
 
-    from search.cli import quiet_libraries
+    from search.output import quiet_libraries
     from train_throughput import floor_flops, matmul_shapes
 
     from models.cola_data import load_cola_dir, synthetic_cola, tokenize_cola

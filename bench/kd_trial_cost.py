@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
 
-    from search.cli import quiet_libraries
+    from search.output import quiet_libraries
 
     quiet_libraries()
     import torch

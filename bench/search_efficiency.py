@@ -230,7 +230,7 @@ def summarize(runs, budget: int, n_repeats: int) -> float:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from search.cli import quiet_libraries
+    from search.output import quiet_libraries
 
     quiet_libraries()
     import pandas as pd

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     from models.cola_data import load_cola_dir, tokenize_cola
     from models.cola_lora import ColaLoraConfig
     from models.hf import load_tokenizer, resolve_model
-    from search.cli import apply_space_overrides, validate_space
+    from search.flags import apply_space_overrides, validate_space
     from spaces.cola_lora import SPACE
 
     model = resolve_model(args.model)

@@ -334,7 +334,7 @@ def main() -> None:
                    help="only the interleaved A/B of torch's dropout against models.dropout")
     args = p.parse_args()
 
-    from search.cli import quiet_libraries
+    from search.output import quiet_libraries
 
     quiet_libraries()
     if args.threads:

@@ -140,7 +140,7 @@ def main() -> None:
                    help="leave out the bare-trainable run that measures Tune's own floor")
     args = p.parse_args()
 
-    from search.cli import quiet_libraries
+    from search.output import quiet_libraries
 
     quiet_libraries()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")

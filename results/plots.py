@@ -10,7 +10,7 @@ import pandas as pd
 
 from results.advice import edge_advice, edge_flags, position  # noqa: F401 (edge_flags re-exported)
 from results.space import swept
-from spaces.dims import Choice, LogUniform, Uniform
+from spaces.dims import Choice, LogUniform
 
 
 def _plt():

@@ -76,8 +76,6 @@ def _cmaes(plan):
 
 def _optuna(sampler_fn):
     def build(plan, points):
-        import optuna
-
         from search.optuna_search import PrunedAwareOptunaSearch, SafeRDBStorage
 
         objectives = getattr(plan, "objectives", None)

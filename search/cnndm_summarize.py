@@ -18,8 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
-from search.cli import (Prepared, Variant, apply_space_overrides, base_parser,  # noqa: E402
-                        copy_tree, fraction, nonneg_int, positive_int, run, set_study_defaults)
+from search.cli import Prepared, Variant, copy_tree, run  # noqa: E402
+from search.flags import (apply_space_overrides, base_parser, fraction, nonneg_int,  # noqa: E402
+                          positive_int, set_study_defaults)
 from spaces.dims import Choice, LogUniform  # noqa: E402
 
 NAME = "cnndm"

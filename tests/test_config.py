@@ -2,7 +2,7 @@ import pytest
 
 from models.cola_lora import ColaLoraConfig
 from models.errors import ConfigError, InputError
-from search.cli import apply_space_overrides, validate_space
+from search.flags import apply_space_overrides, validate_space
 from spaces.cola_lora import SPACE
 from spaces.dims import Choice, Fixed, LogUniform, Uniform
 

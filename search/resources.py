@@ -1,0 +1,126 @@
+"""Resources before anything starts: GPUs asked against GPUs found, joining a cluster
+(--address), what one machine or the cluster offers, and how many trials fit in memory."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from models.errors import InputError
+from results.storage import is_uri
+from search.output import QUIET_ENV
+
+if TYPE_CHECKING:  # annotations only
+    from search.cli import Prepared
+
+
+def check_gpus(asked: int | None) -> tuple[int, int]:
+    import torch
+
+    found = torch.cuda.device_count()
+    if asked is None:
+        return found, found
+    if asked > found:
+        raise InputError(f"--gpus {asked}: asked for {asked} GPUs, found {found}")
+    return asked, found
+
+
+@dataclass
+class Resources:
+    gpus: int  # GPUs this command uses
+    found: int  # GPUs present (this machine, or the cluster)
+    cpus: int  # CPUs available to trials
+    nodes: int = 1
+    address: str | None = None  # the cluster joined with --address
+
+
+def connect(address: str):
+    """Join a running cluster, shipping this project's packages to every node with the job's
+    runtime environment (workers import the same code as the driver)."""
+    import ray
+
+    import models
+    import results
+    import search
+    import spaces
+
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit() and "://" not in address:
+        # Ray retries an unreachable address for minutes; one quick probe answers at once.
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as e:
+            raise InputError(f"--address {address!r}: could not connect to a Ray cluster "
+                             f"(nothing answers at {host}:{port}: {e.strerror or e})") from None
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=True,
+                 logging_level=os.environ.get("PEFT_SWEEPS_RAY_LOG_LEVEL", "WARNING"),
+                 runtime_env={"py_modules": [models, spaces, results, search],
+                              "env_vars": {k: os.environ[k] for k in QUIET_ENV}})
+    except Exception as e:  # ConnectionError, timeouts, auth
+        raise InputError(f"--address {address!r}: could not connect to a Ray cluster "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+                         ) from None
+    total = ray.cluster_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return int(total.get("GPU", 0)), int(total.get("CPU", 0)), len(nodes)
+
+
+def _check_resources(args) -> Resources:
+    if args.reduction_factor <= 1:
+        raise InputError(f"--reduction-factor {args.reduction_factor}: must be > 1")
+    if args.grace_period > args.max_epochs:
+        raise InputError(f"--grace-period {args.grace_period}: must be <= --max-epochs "
+                         f"({args.max_epochs})")
+    if args.address:
+        found, cpus, nodes = connect(args.address)
+        where = f"in the cluster at {args.address}"
+        if args.gpus is not None and args.gpus > found:
+            raise InputError(f"--gpus {args.gpus}: asked for {args.gpus} GPUs, found {found} {where}")
+        res = Resources(found if args.gpus is None else args.gpus, found, cpus, nodes, args.address)
+        if nodes > 1 and not is_uri(args.storage_path) and not args.storage_is_shared:
+            raise InputError(
+                f"--storage-path {args.storage_path!r} is a local path of this machine, but the "
+                f"cluster has {nodes} nodes and every node writes results and checkpoints there: "
+                "use cloud storage (s3://bucket/path, gs://...), or a shared file system mounted "
+                "at the same path on every node and pass --storage-is-shared")
+    else:
+        gpus, found = check_gpus(args.gpus)
+        where = "on this machine"
+        res = Resources(gpus, found, os.cpu_count() or 1)
+    if args.cpus_per_trial > res.cpus:
+        raise InputError(f"--cpus-per-trial {args.cpus_per_trial}: only {res.cpus} CPUs {where}")
+    if res.gpus and args.gpus_per_trial > res.gpus:
+        raise InputError(f"--gpus-per-trial {args.gpus_per_trial}: more than --gpus {res.gpus}")
+    return res
+
+
+def plan_memory(plans: list, prepared: Prepared, args, res: Resources) -> dict:
+    """Give every plan a memory per trial and no more trials at once than fit in memory;
+    InputError when not even one does. -> what was planned, for experiment.json."""
+    from search import memory
+
+    avail = memory.available_bytes(res.address)
+    notes = {}
+    for plan in plans:
+        if args.memory_per_trial:
+            est = memory.Estimate(int(args.memory_per_trial * memory.GIB), "--memory-per-trial")
+        elif prepared.memory is not None:
+            est = prepared.memory(plan.study.name, plan.space, plan.fixed)
+        else:
+            continue
+        fit = int(avail // est.bytes)
+        if fit < 1:
+            raise InputError(
+                f"a trial needs about {est.gib:.1f} GiB ({est.basis}) but "
+                f"{avail / memory.GIB:.1f} GiB are available: lower the batch size or the "
+                "token limits, use --gradient-checkpointing where offered, or set "
+                "--memory-per-trial if the estimate is too high")
+        plan.memory_per_trial = est.bytes
+        plan.concurrency = min(plan.concurrency, fit)
+        notes["_available_bytes"] = avail
+        plan.memory_note = notes[plan.name] = {
+            "per_trial_gib": round(est.gib, 2), "basis": est.basis,
+            "available_gib": round(avail / memory.GIB, 1), "fit": fit}
+    return notes
