@@ -202,7 +202,8 @@ def eval_time(model_name, data, args, *, sorted_large: bool) -> float:
     mode) or the plain way (split order, training batch size, no_grad)."""
     from models.batching import classification_batches
     from models.classify import make_evaluator
-    from models.cola_lora import ColaLoraConfig, _forward, build_lora_model
+    from models.cola_adapter import forward as _forward
+    from models.cola_lora import ColaLoraConfig, build_lora_model
 
     cfg = ColaLoraConfig(model=model_name, lora_r=args.lora_r)
     model = build_lora_model(cfg, pad_token_id=data.pad_token_id).eval()

@@ -1,7 +1,8 @@
 """What every CoLA adapter method shares (LoRA, and any peft method that wraps a
 sequence-classification model: IA3, DoRA): the training loss with its confusion counts, the
-evaluator, the batches, saving and loading the adapter, and the Ray trainable. A method module
-supplies only its config class and ``build_model(cfg, pad_token_id=..., meta=...)``."""
+evaluator, the batches, saving and loading the adapter. A method module supplies only its
+config class and ``build_model(cfg, pad_token_id=..., meta=...)``; the trial harness's one
+trainable (``models.trial.trainable_for``) runs it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,16 +56,10 @@ def adapter_setup(cfg, data: ColaData, device, *, build_model: Callable) -> Tria
     )
 
 
-def make_trainable(config_cls, build_model: Callable):
-    """The method's Ray Tune function trainable (``data`` arrives via tune.with_parameters)."""
+def make_setup(build_model: Callable) -> Callable:
+    """The method's ``setup(cfg, data, device)``."""
 
     def setup(cfg, data, device):
         return adapter_setup(cfg, data, device, build_model=build_model)
 
-    def trainable(config: dict, data: ColaData, provenance: dict) -> None:
-        from models.trial import run_trial
-
-        run_trial(config, data=data, provenance=provenance, config_cls=config_cls,
-                  setup_fn=setup)
-
-    return setup, trainable
+    return setup

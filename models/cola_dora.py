@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.cola_adapter import make_trainable
+from models.cola_adapter import make_setup
 from models.cola_lora import ColaLoraConfig
 from models.hf import load_sequence_classifier
 from models.lora import lora_targets
@@ -27,4 +27,4 @@ def build_dora_model(cfg: ColaDoraConfig, *, pad_token_id: int, meta: bool = Fal
         fan_in_fan_out=base.config.model_type == "gpt2", use_dora=True))
 
 
-setup, trainable = make_trainable(ColaDoraConfig, build_dora_model)
+setup = make_setup(build_dora_model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.cola_adapter import make_trainable
+from models.cola_adapter import make_setup
 from models.config import TrialConfig, require
 from models.hf import load_sequence_classifier
 
@@ -38,4 +38,4 @@ def build_ia3_model(cfg: ColaIA3Config, *, pad_token_id: int, meta: bool = False
         fan_in_fan_out=base.config.model_type == "gpt2"))  # GPT-2's Conv1D is (in, out)
 
 
-setup, trainable = make_trainable(ColaIA3Config, build_ia3_model)
+setup = make_setup(build_ia3_model)

@@ -122,10 +122,3 @@ def setup(cfg: ColaKDConfig, data: KDData, device) -> TrialSetup:
         info=count_parameters(model), track=stage_track(cfg.stage),
         train_stats=confusion_metrics,
     )
-
-
-def trainable(config: dict, data: KDData, provenance: dict) -> None:
-    """Ray Tune function trainable of this study (``data`` arrives via tune.with_parameters)."""
-    from models.trial import run_trial
-
-    run_trial(config, data=data, provenance=provenance, config_cls=ColaKDConfig, setup_fn=setup)

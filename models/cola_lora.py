@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.cola_adapter import forward as _forward  # noqa: F401 (tests and benches use it)
-from models.cola_adapter import loss as _loss  # noqa: F401
-from models.cola_adapter import make_trainable
+from models.cola_adapter import make_setup
 from models.config import TrialConfig
 from models.hf import load_sequence_classifier
 from models.lora import add_lora, validate_lora_fields
@@ -35,4 +33,4 @@ def build_lora_model(cfg: ColaLoraConfig, *, pad_token_id: int, meta: bool = Fal
     return add_lora(base, cfg, "SEQ_CLS")
 
 
-setup, trainable = make_trainable(ColaLoraConfig, build_lora_model)
+setup = make_setup(build_lora_model)

@@ -23,7 +23,7 @@ CNNDM_REPORT = r"^(test_(loss|ppl|rouge1|rouge2|rougeL)|mean_train_s|max_peak_me
 @dataclass(frozen=True)
 class Study:
     name: str
-    trainable: Callable
+    setup: Callable  # (cfg, data, device) -> models.loop.TrialSetup; run by models.trial
     space: dict
     config_cls: type
     metric: str  # what ASHA and the searcher optimise (best-so-far on the selection split)
@@ -43,6 +43,13 @@ class Study:
     smoke_space: tuple = ()
 
     @property
+    def trainable(self) -> Callable:
+        """The one Ray trainable (``models.trial.trainable_for``), for this study."""
+        from models.trial import trainable_for
+
+        return trainable_for(self.name)
+
+    @property
     def default_search_metric(self) -> str:
         return next(iter(self.search_metrics), "")
 
@@ -56,7 +63,7 @@ CNNDM_SEARCH = {"loss": ("best_val_loss", "min")}
 
 def _cola_adapter(method: str, module, config_cls, build_model, space_module, *,
                   size_dim: str | None = None) -> Study:
-    return Study(f"cola_{method}", module.trainable, space_module.SPACE, config_cls,
+    return Study(f"cola_{method}", module.setup, space_module.SPACE, config_cls,
                  metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                  search_metrics=COLA_SEARCH, build_model=build_model, size_dim=size_dim,
                  smoke_space=tuple(getattr(space_module, "SMOKE", ())))
@@ -68,7 +75,7 @@ def adapter_methods() -> list[str]:
 
 
 def _cnndm(method: str, module, config_cls, space) -> Study:
-    return Study(f"cnndm_{method}", module.trainable, space, config_cls,
+    return Study(f"cnndm_{method}", module.setup, space, config_cls,
                  metric="best_val_loss", mode="min", report_metric="test_loss",
                  report_columns=CNNDM_REPORT, report_split="the test split",
                  retrain_weights="the best epoch's weights, by validation loss",
@@ -82,7 +89,7 @@ STUDIES: dict[str, Study] = {
                               cola_ia3_space),
     "cola_dora": _cola_adapter("dora", cola_dora, cola_dora.ColaDoraConfig,
                                cola_dora.build_dora_model, cola_dora_space, size_dim="lora_r"),
-    "cola_kd": Study("cola_kd", cola_kd.trainable, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
+    "cola_kd": Study("cola_kd", cola_kd.setup, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
                      metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                      search_metrics=COLA_SEARCH),
     "cnndm_prompt": _cnndm("prompt", summarize_prompt, summarize_prompt.SumPromptConfig,

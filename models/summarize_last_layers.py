@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.config import require
-from models.summarize import SummarizeConfig, load_causal_lm, setup
+from models.summarize import SummarizeConfig, load_causal_lm, setup as summarize_setup
 
 # (blocks, final norm) attribute paths of common decoder-only architectures.
 LAYOUTS = (("transformer.h", "transformer.ln_f"),  # GPT-2, GPT-J, Falcon
@@ -62,9 +62,7 @@ def build_model(cfg: SumLastLayersConfig, data):
                                cfg.n_last_layers)
 
 
-def trainable(config: dict, data, provenance: dict) -> None:
-    """Ray Tune function trainable (``data`` arrives via tune.with_parameters)."""
-    from models.trial import run_trial
-
-    run_trial(config, data=data, provenance=provenance, config_cls=SumLastLayersConfig,
-              setup_fn=lambda cfg, d, dev: setup(cfg, d, dev, build_model=build_model))
+def setup(cfg, data, device):
+    """The trial harness's setup for this method (``models.summarize.setup`` with this
+    method's model)."""
+    return summarize_setup(cfg, data, device, build_model=build_model)

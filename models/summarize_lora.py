@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.lora import add_lora, validate_lora_fields
-from models.summarize import SummarizeConfig, load_causal_lm, setup
+from models.summarize import SummarizeConfig, load_causal_lm, setup as summarize_setup
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,7 @@ def build_model(cfg: SumLoraConfig, data, *, base=None):
     return add_lora(base, cfg, "CAUSAL_LM")
 
 
-def trainable(config: dict, data, provenance: dict) -> None:
-    """Ray Tune function trainable (``data`` arrives via tune.with_parameters)."""
-    from models.trial import run_trial
-
-    run_trial(config, data=data, provenance=provenance, config_cls=SumLoraConfig,
-              setup_fn=lambda cfg, d, dev: setup(cfg, d, dev, build_model=build_model))
+def setup(cfg, data, device):
+    """The trial harness's setup for this method (``models.summarize.setup`` with this
+    method's model)."""
+    return summarize_setup(cfg, data, device, build_model=build_model)

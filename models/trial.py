@@ -204,3 +204,18 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
         # Drop this frame's references (the report closure holds them too) before collecting.
         s = model = optimizer = scheduler = report = None  # noqa: F841
         release()
+
+
+def trainable_for(study_name: str) -> Callable:
+    """The one Ray Tune function trainable, for any registered study: the worker looks the
+    study up in ``models.registry`` (its config class and setup) and runs the shared trial.
+    ``data`` and ``provenance`` arrive via ``tune.with_parameters``."""
+
+    def trainable(config: dict, data, provenance: dict) -> None:
+        from models.registry import get_study
+
+        study = get_study(study_name)
+        run_trial(config, data=data, provenance=provenance, config_cls=study.config_cls,
+                  setup_fn=study.setup)
+
+    return trainable

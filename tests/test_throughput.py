@@ -8,7 +8,8 @@ import torch
 
 from models.batching import classification_batches, epoch_order, length_sorted
 from models.hf import load_tokenizer
-from models.cola_lora import ColaLoraConfig, _forward, build_lora_model, setup
+from models.cola_adapter import forward as _forward
+from models.cola_lora import ColaLoraConfig, build_lora_model, setup
 from models.loop import build_optimizer, train_loop
 from models.trial import seed_everything
 
