@@ -105,7 +105,7 @@ def main() -> None:
     from search.output import quiet_libraries
     from train_throughput import floor_flops, matmul_shapes
 
-    from models.cola_data import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
     from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.hf import load_tokenizer
     from models.tiny import build_tiny_gpt2

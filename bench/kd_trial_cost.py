@@ -39,7 +39,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from models.cola_data import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
     from models.cola_kd import ColaKDConfig, KDData, setup
     from models.hf import load_tokenizer
     from models.kd_loss import kd_loss

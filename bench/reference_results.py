@@ -135,7 +135,7 @@ def summarization_baselines(args, budget: dict) -> list[dict]:
     decoding as the retrains) on the test articles the summarization retrains are scored on."""
     import torch
 
-    from models.cnndm_data import load_cnndm_dir, tokenize_articles
+    from models.data.cnndm import load_cnndm_dir, tokenize_articles
     from models.hf import count_parameters, load_tokenizer, resolve_model
     from models.summarize import (generate_summaries, load_causal_lm, rouge, summaries_jsonl,
                                   token_weighted_loss)
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
 
 def write_dev_labels(exp: Path, cola_dir: Path) -> None:
     """The dev labels per domain, for the majority-class rows (read from the data, not assumed)."""
-    from models.cola_data import read_cola_tsv
+    from models.data.cola import read_cola_tsv
 
     raw = cola_dir / "raw"
     labels = {"in-domain": read_cola_tsv(raw / "in_domain_dev.tsv")[1],

@@ -80,7 +80,7 @@ def load_data(args):
     """Tokenized CoLA with a zero teacher: kd_fraction is fixed at 1, so it is never read."""
     import numpy as np
 
-    from models.cola_data import load_cola_dir, tokenize_cola
+    from models.data.cola import load_cola_dir, tokenize_cola
     from models.cola_kd import KDData
     from models.hf import load_tokenizer
 

@@ -205,7 +205,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     global DATA
     args = parse_args(argv)
-    from models.cola_data import load_cola_dir, tokenize_cola
+    from models.data.cola import load_cola_dir, tokenize_cola
     from models.cola_lora import ColaLoraConfig
     from models.hf import load_tokenizer, resolve_model
     from search.flags import apply_space_overrides, validate_space

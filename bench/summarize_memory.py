@@ -45,7 +45,7 @@ def child(args) -> None:
 
     import torch
 
-    from models.cnndm_data import load_cnndm_dir, lm_batches, tokenize_articles
+    from models.data.cnndm import load_cnndm_dir, lm_batches, tokenize_articles
     from models.hf import count_parameters, load_tokenizer
     from models.summarize import summary_loss
     from search.memory import estimate, model_shape

@@ -79,7 +79,7 @@ def floor_flops(lengths: np.ndarray, n_weights: int, layers: int, hidden: int) -
 
 
 def load(args, tmp: Path):
-    from models.cola_data import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
     from models.hf import load_tokenizer
 
     splits = load_cola_dir(args.data_dir) if args.data_dir else synthetic_cola(n_train=2000)
@@ -200,7 +200,7 @@ def hf_trainer(args, model_name, tok, data, *, strategy: str, tmp: Path) -> floa
 def eval_time(model_name, data, args, *, sorted_large: bool) -> float:
     """Seconds to score the dev split: our evaluator (length-sorted, batch 256, inference
     mode) or the plain way (split order, training batch size, no_grad)."""
-    from models.batching import classification_batches
+    from models.data.batching import classification_batches
     from models.classify import make_evaluator
     from models.cola_adapter import forward as _forward
     from models.cola_lora import ColaLoraConfig, build_lora_model
@@ -221,7 +221,7 @@ def eval_time(model_name, data, args, *, sorted_large: bool) -> float:
 
 def student_epoch(data, args, *, packed: bool, group: bool) -> float:
     """One KD epoch of the GRU student (teacher logits: fixed random stand-ins, timing only)."""
-    from models.batching import classification_batches
+    from models.data.batching import classification_batches
     from models.kd_loss import kd_loss
     from models.loop import build_optimizer, train_loop
     from models.student import GRUStudent
@@ -260,7 +260,7 @@ def student_epoch(data, args, *, packed: bool, group: bool) -> float:
 
 def summarize_parts(args, tmp: Path):
     """SumData and a causal LM for the summarization section (tiny GPT-2 by default)."""
-    from models.cnndm_data import load_cnndm_dir, synthetic_articles, tokenize_articles
+    from models.data.cnndm import load_cnndm_dir, synthetic_articles, tokenize_articles
     from models.hf import load_tokenizer
 
     arts = (load_cnndm_dir(args.cnndm_dir, seed=0) if args.cnndm_dir
@@ -282,7 +282,7 @@ def summarize_epoch(model_name, data, args, *, group: bool) -> tuple[float, floa
     """(training seconds of one LoRA epoch, seconds of the validation loss) through the
     study's own setup: ours (grouped, CPU dropout, sorted evaluation) or the plain variant
     (shuffled, torch's dropout, evaluation in split order)."""
-    from models.cnndm_data import lm_batches
+    from models.data.cnndm import lm_batches
     from models.dropout import use_cpu_dropout
     from models.loop import build_optimizer, train_loop
     from models.summarize import setup

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.batching import classification_batches, length_sorted
-from models.cola_data import ColaData
+from models.data.batching import classification_batches, length_sorted
+from models.data.cola import ColaData
 from models.loop import autocast, to_device
 from models.metrics import classification_metrics, probability_metrics
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from models.batching import classification_batches
+from models.data.batching import classification_batches
 from models.classify import make_evaluator, stage_splits, stage_track
-from models.cola_data import ColaData
+from models.data.cola import ColaData
 from models.hf import count_parameters
 from models.loop import TrialSetup
 from models.metrics import confusion_counts, confusion_metrics

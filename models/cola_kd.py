@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.batching import classification_batches
+from models.data.batching import classification_batches
 from models.classify import make_evaluator, stage_splits, stage_track
-from models.cola_data import ColaData
+from models.data.cola import ColaData
 from models.config import TrialConfig, require
 from models.hf import count_parameters
 from models.kd_loss import kd_loss

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from models.cnndm_data import IGNORE, SumData, lm_batches, prompt_batches
+from models.data.cnndm import IGNORE, SumData, lm_batches, prompt_batches
 from models.config import TrialConfig, require
 from models.hf import count_parameters
 from models.loop import FILES, TrialSetup
@@ -83,7 +83,7 @@ def summary_loss(model, batch) -> torch.Tensor:
 def token_weighted_loss(model, examples, *, batch_size: int, pad_id: int, device) -> float:
     """Mean negative log-likelihood per summary token over ``examples`` (each batch's mean is
     weighted by its number of loss-bearing tokens)."""
-    from models.batching import length_sorted
+    from models.data.batching import length_sorted
     from models.loop import autocast, to_device
 
     total = torch.zeros((), dtype=torch.float64, device=device)

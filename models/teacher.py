@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.batching import classification_batches
+from models.data.batching import classification_batches
 from models.console import bar
 from models.errors import InputError
 

@@ -198,7 +198,7 @@ def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
-    from models.cnndm_data import load_cnndm_dir, load_cnndm_hub, synthetic_articles, tokenize_articles
+    from models.data.cnndm import load_cnndm_dir, load_cnndm_hub, synthetic_articles, tokenize_articles
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2, pretrain_tiny_lm
 

@@ -61,7 +61,7 @@ def smoke_teacher(splits, out: Path, seed: int) -> str:
     saved as a plain 2-label classifier directory."""
     import torch
 
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.cola_lora import ColaLoraConfig, setup
     from models.hf import load_tokenizer
     from models.loop import build_optimizer, train_loop
@@ -106,7 +106,7 @@ def student_vocabulary(args, model, tokenizer, teacher_dir: str):
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     import torch
 
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.cola_kd import KDData
     from models.metrics import classification_metrics
     from models.teacher import load_teacher, teacher_logits
@@ -210,7 +210,7 @@ def cpu_throughput(model, ids, pad_id: int, batch_size: int = 64) -> float:
     import numpy as np
     import torch
 
-    from models.batching import classification_batches
+    from models.data.batching import classification_batches
 
     def one_pass():
         for b in classification_batches(ids, np.zeros(len(ids)), batch_size=batch_size, pad_id=pad_id):

@@ -43,7 +43,7 @@ def parser():
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
     from search.memory import estimate, largest, model_shape

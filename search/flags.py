@@ -185,7 +185,7 @@ def add_cola_arguments(group) -> None:
 def load_cola_splits(args):
     """CoLA from --data-dir, else the hub (a generated set for --smoke-test). A smoke test on
     real data trains on a slice, unless --max-train-samples says otherwise."""
-    from models.cola_data import load_cola_dir, load_cola_hub, synthetic_cola
+    from models.data.cola import load_cola_dir, load_cola_hub, synthetic_cola
 
     if args.smoke_test and args.data_dir and args.max_train_samples is None:
         args.max_train_samples = SMOKE_TRAIN_SLICE

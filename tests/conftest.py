@@ -18,7 +18,7 @@ COLA_SCRIPT = REPO / "search" / "cola_lora.py"
 
 @pytest.fixture(scope="session")
 def synthetic():
-    from models.cola_data import synthetic_cola
+    from models.data.cola import synthetic_cola
 
     return synthetic_cola()
 

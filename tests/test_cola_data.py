@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.cola_data import load_cola_dir, selection_split, tokenize_cola
+from models.data.cola import load_cola_dir, selection_split, tokenize_cola
 from models.errors import InputError
 
 ROWS = ["gj04\t1\t\tThe cat sat.", "gj04\t0\t*\tSat cat the.", "kl93\t1\t\tDogs bark loudly."]

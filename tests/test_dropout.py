@@ -51,7 +51,7 @@ def test_follows_torch_seed_and_gradient_uses_the_mask():
 
 
 def test_swaps_every_dropout_of_a_peft_model(synthetic, tiny_model):
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.hf import load_tokenizer
 

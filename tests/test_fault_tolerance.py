@@ -112,7 +112,7 @@ def test_unfixable_error_fails_the_trial_once(tmp_path, monkeypatch, tiny_model,
     import ray
 
     from conftest import ray_tmpdir
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.hf import load_tokenizer
     from models.registry import get_study
     from results import trial_frame

@@ -12,7 +12,7 @@ import gpu_throughput  # noqa: E402
 
 
 def test_epoch_runner_reports_each_epoch(synthetic, tiny_model):
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.hf import load_tokenizer
 
     data = tokenize_cola(synthetic, load_tokenizer(tiny_model), selection_fraction=0.1, seed=0,

@@ -22,13 +22,13 @@ def test_package_dependencies_point_one_way():
     allowed = {"spaces": set(), "models": {"spaces"}, "results": {"models", "spaces"}}
     ours = {"models", "spaces", "results", "search"}
     for package, may in allowed.items():
-        for f in (REPO / package).glob("*.py"):
+        for f in (REPO / package).rglob("*.py"):
             bad = (_imports(f) & ours) - may - {package}
             assert not bad, f"{f.relative_to(REPO)} imports {sorted(bad)}"
 
 
 def test_only_the_trial_harness_imports_ray_in_models():
-    users = sorted(f.name for f in (REPO / "models").glob("*.py") if "ray" in _imports(f))
+    users = sorted(f.name for f in (REPO / "models").rglob("*.py") if "ray" in _imports(f))
     assert users == ["trial.py"], users
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from models.cola_data import ColaData
+from models.data.cola import ColaData
 from models.cola_lora import ColaLoraConfig, build_lora_model, setup
 from models.loop import LoopState, build_optimizer, train_loop
 

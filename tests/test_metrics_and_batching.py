@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from models.batching import classification_batches, pad_batch
+from models.data.batching import classification_batches, pad_batch
 from models.metrics import classification_metrics
 
 

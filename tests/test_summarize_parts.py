@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from models.cnndm_data import (IGNORE, Articles, encode_example, lm_batches, load_cnndm_dir,
+from models.data.cnndm import (IGNORE, Articles, encode_example, lm_batches, load_cnndm_dir,
                                prompt_batches, read_cnndm_csv, synthetic_articles,
                                tokenize_articles)
 from models.errors import InputError

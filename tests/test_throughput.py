@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.batching import classification_batches, epoch_order, length_sorted
+from models.data.batching import classification_batches, epoch_order, length_sorted
 from models.hf import load_tokenizer
 from models.cola_adapter import forward as _forward
 from models.cola_lora import ColaLoraConfig, build_lora_model, setup
@@ -46,7 +46,7 @@ def test_grouping_pads_less_and_longest_batch_comes_first():
 
 def test_sorted_evaluation_returns_logits_in_split_order(synthetic, tiny_model):
     from models.classify import make_evaluator
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
     from models.metrics import classification_metrics
 
     tok = load_tokenizer(tiny_model)
@@ -87,7 +87,7 @@ def run(data, model_name, *, group: bool, epochs: int = 4, cpu_dropout: bool = F
 
 
 def test_grouped_and_plain_training_agree(synthetic, tiny_model):
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
 
     tok = load_tokenizer(tiny_model)
     data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
@@ -102,7 +102,7 @@ def test_grouped_and_plain_training_agree(synthetic, tiny_model):
 
 
 def test_cpu_dropout_trains_to_the_same_place(synthetic, tiny_model):
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
 
     tok = load_tokenizer(tiny_model)
     data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
@@ -116,7 +116,7 @@ def test_cpu_dropout_trains_to_the_same_place(synthetic, tiny_model):
 
 @pytest.mark.slow
 def test_compiled_model_gives_eager_loss_and_gradients(synthetic, tiny_model):
-    from models.cola_data import tokenize_cola
+    from models.data.cola import tokenize_cola
 
     tok = load_tokenizer(tiny_model)
     data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)

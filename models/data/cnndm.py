@@ -221,7 +221,7 @@ def lm_batches(examples: list[Example], *, batch_size: int, pad_id: int,
     ``order``, or a seeded shuffle (length-grouped with ``group_by_length``)."""
     import torch
 
-    from models.batching import epoch_order
+    from models.data.batching import epoch_order
 
     if order is None:
         order = epoch_order(np.fromiter((len(e.input_ids) for e in examples), int, len(examples)),
