@@ -27,6 +27,31 @@ ROUGE = (("test_rouge1", "ROUGE-1"), ("test_rouge2", "ROUGE-2"), ("test_rougeL",
 COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860"]
 
 
+def best_configuration_table(experiments: list[tuple[str, Path, list[str]]],
+                             columns: list[str], *, label: str = "method") -> pd.DataFrame:
+    """One row per experiment (``(label value, experiment dir, hyperparameter names)``): its
+    best retrained configuration (rank 1) with ``n_seeds``, the hyperparameters, and
+    ``<col>_mean`` / ``<col>_sd`` over its seeds of each of ``columns`` it has. Experiments
+    without a finished retrain are left out."""
+    rows = []
+    for value, exp_dir, hparams in experiments:
+        runs_csv = Path(exp_dir) / "retrain_runs.csv"
+        if not runs_csv.is_file():
+            continue
+        runs = pd.read_csv(runs_csv)
+        best = runs[runs["rank"] == 1]
+        if best.empty:
+            continue
+        row = {label: value, "n_seeds": len(best),
+               **{k: best[k].iloc[0] for k in hparams if k in best}}
+        for col in columns:
+            if col in best:
+                row[f"{col}_mean"] = float(best[col].mean())
+                row[f"{col}_sd"] = float(best[col].std(ddof=1)) if len(best) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _plt():
     import matplotlib
 

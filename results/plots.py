@@ -196,12 +196,14 @@ def parallel_coordinates(trials: pd.DataFrame, space: dict, *, metric: str, mode
     return fig
 
 
-def importance_bar(importance: pd.DataFrame):
+def importance_bar(importance: pd.DataFrame, n_trials: int | None = None):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 0.45 * max(len(importance), 2) + 1))
     imp = importance.iloc[::-1]
     ax.barh(imp["param"], imp["importance"], color="#4C72B0")
     ax.set_xlabel("importance (fANOVA, sums to 1)")
+    if n_trials is not None:
+        ax.set_title(f"from n = {n_trials} trials", fontsize=9)
     ax.tick_params(labelsize=8)
     fig.tight_layout()
     return fig

@@ -246,7 +246,8 @@ def _experiment_section(exp: Experiment, out: Path, prefix: str,
     if too_few:
         parts.append(too_few)
     elif len(imp):
-        name = _save(importance_bar(imp), out / f"{prefix}importance.png")
+        name = _save(importance_bar(imp, int(exp.trials[exp.metric].notna().sum())),
+                     out / f"{prefix}importance.png")
         parts += [f"fANOVA importance over {int(exp.trials[exp.metric].notna().sum())} trials' "
                   f"`{exp.metric}` (trials stopped early count with the value they reached), "
                   "from an Optuna study rebuilt from the results.\n", _md(imp),

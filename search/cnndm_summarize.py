@@ -289,41 +289,27 @@ def compare(outcomes, out_dir: Path, *, n_articles: int | None = None) -> None:
     how many test articles ROUGE rests on (recorded in the table)."""
     import pandas as pd
 
-    rows = []
-    for plan, _summary in outcomes:
-        runs_csv = plan.exp_dir / "retrain_runs.csv"
-        if not runs_csv.is_file():
-            continue
-        runs = pd.read_csv(runs_csv)
-        best = runs[runs["rank"] == 1]
-        if best.empty:
-            continue
-        method = {study: m for m, study in METHODS.items()}[plan.study.name]
-        row = {"method": method, "n_seeds": len(best),
-               **{k: best[k].iloc[0] for k in plan.space}}
-        for col, _, _ in COMPARE:
-            if col in best:
-                row[f"{col}_mean"] = best[col].mean()
-                row[f"{col}_sd"] = best[col].std(ddof=1) if len(best) > 1 else float("nan")
-        rows.append(row)
-    if not rows:
+    from results.comparison import best_configuration_table, comparison_charts
+    from results.tables import mean_sd
+
+    method_of = {study: m for m, study in METHODS.items()}
+    table = best_configuration_table(
+        [(method_of[plan.study.name], plan.exp_dir, list(plan.space)) for plan, _ in outcomes],
+        [col for col, _, _ in COMPARE])
+    if table.empty:
         print("\n== Comparison: no finished retrains", flush=True)
         return
-    table = pd.DataFrame(rows)
     if n_articles:
         table["rouge_articles"] = n_articles
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "comparison.csv", index=False)
-    from results.comparison import comparison_charts
-
     charts = comparison_charts(table, out_dir, about=f", {n_articles} articles" if n_articles
                                else "")
     show = pd.DataFrame({"method": table["method"], "seeds": table["n_seeds"]})
     for col, label, _ in COMPARE:
         if f"{col}_mean" in table:
             mean, sd = table[f"{col}_mean"], table[f"{col}_sd"]
-            show[label] = [f"{m:.4g}" if pd.isna(s) else f"{m:.4g} ± {s:.2g}"
-                           for m, s in zip(mean, sd)]
+            show[label] = [mean_sd(m, s) for m, s in zip(mean, sd)]
     print("\n== Methods compared on the test split (best configuration each, mean ± sd over "
           "seeds)", flush=True)
     with pd.option_context("display.width", 220, "display.max_columns", 20):
