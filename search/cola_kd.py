@@ -261,9 +261,10 @@ def compare(outcomes, kd) -> None:
 
     show = table[["model", "n_seeds", "params", "size_mb", "cpu_sentences_per_s",
                   "agreement"]].copy()
-    for c in ("dev_accuracy", "dev_mcc"):
+    for c in ("dev_mcc", "dev_accuracy"):  # inserted in front of each other: accuracy first
         show.insert(2, c, [mean_sd(m, s) for m, s in zip(table[f"{c}_mean"], table[f"{c}_sd"])])
-    print("\n== Teacher vs students on GLUE dev (students: best configuration, mean ± sd over "
+    split = ("the generated dev set" if kd.cola.origin.startswith("generated") else "GLUE dev")
+    print(f"\n== Teacher vs students on {split} (students: best configuration, mean ± sd over "
           "seeds, last epoch)", flush=True)
     with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
         print(show.to_string(index=False), flush=True)

@@ -146,7 +146,8 @@ def test_a_failed_trial_is_never_picked_for_retrain(tmp_path):
     import pandas as pd
 
     from models.registry import get_study
-    from search.sweep import SweepPlan, top_configs
+    from search.retrain import top_configs
+    from search.sweep import SweepPlan
 
     study = get_study("cola_lora")
     plan = SweepPlan(study=study, storage_path=tmp_path, name="t", space=dict(study.space),

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main
-from search.sweep import retrain_threads
+from search.retrain import retrain_threads
 
 QUICK = ["--smoke-test", "--num-samples", "3", "--max-epochs", "2", "--retrain-top-k", "0"]
 
