@@ -116,12 +116,8 @@ def generate_ids(model, data: SumData, examples, *, batch_size: int, device,
     ``min_summary_tokens`` and ``max_target_tokens`` + EOS new tokens (beam search when
     ``num_beams`` > 1): the new token ids up to the first EOS."""
     out: list[list[int]] = [[] for _ in examples]
-    # Soft prompts: with transformers >= 5.24, peft 0.21's cached decoding prepends the virtual
-    # tokens again at every step (positions run past the context and the output is wrong).
-    # Without the cache each step re-reads prompt + text: correct, and cheap at summary lengths.
     prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning",
                               False)
-    cache = {"use_cache": False} if prompt_learning else {}
     # Similar lengths together: less left padding.
     order = sorted(range(len(examples)), key=lambda i: examples[i].prompt_len)
     ordered = [examples[i] for i in order]
@@ -129,20 +125,38 @@ def generate_ids(model, data: SumData, examples, *, batch_size: int, device,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft: "position ids are not supported ..."
         for batch in prompt_batches(ordered, batch_size=batch_size, pad_id=data.pad_token_id):
-            width = batch["input_ids"].shape[1]
-            gen = model.generate(input_ids=batch["input_ids"].to(device),
-                                 attention_mask=batch["attention_mask"].to(device),
-                                 max_new_tokens=data.max_target_tokens + 1, do_sample=False,
-                                 num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
-                                 min_new_tokens=min(min_summary_tokens, data.max_target_tokens),
-                                 pad_token_id=data.pad_token_id,
-                                 eos_token_id=data.eos_token_id, **cache)
+            options = dict(max_new_tokens=data.max_target_tokens + 1, do_sample=False,
+                           num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size,
+                           min_new_tokens=min(min_summary_tokens, data.max_target_tokens),
+                           pad_token_id=data.pad_token_id, eos_token_id=data.eos_token_id)
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            if prompt_learning:
+                gen, width = _generate_with_soft_prompt(model, ids, mask, options), 0
+            else:
+                gen, width = model.generate(input_ids=ids, attention_mask=mask, **options), \
+                    ids.shape[1]
             for row in gen[:, width:].tolist():
                 if data.eos_token_id in row:
                     row = row[: row.index(data.eos_token_id)]
                 out[order[k]] = row
                 k += 1
     return out
+
+
+def _generate_with_soft_prompt(model, ids, mask, options: dict):
+    """Cached decoding of a prompt-tuned model: the soft prompt's embeddings go in front of the
+    prompt's once, as ``inputs_embeds``, and the base model decodes with its KV cache. (peft
+    0.21's own cached decoding with transformers >= 5.24 prepends the virtual tokens again at
+    every step, so positions run past the context; re-reading the whole context each step is
+    correct but costs a full forward per token.) -> the new token ids only."""
+    import torch
+
+    base = model.get_base_model()
+    embeds = base.get_input_embeddings()(ids)
+    prompt = model.get_prompt(batch_size=ids.shape[0]).to(device=embeds.device, dtype=embeds.dtype)
+    ones = torch.ones(prompt.shape[:2], dtype=mask.dtype, device=mask.device)
+    return base.generate(inputs_embeds=torch.cat([prompt, embeds], dim=1),
+                         attention_mask=torch.cat([ones, mask], dim=1), **options)
 
 
 def summaries_jsonl(predictions: list[str], references: list[str]) -> str:

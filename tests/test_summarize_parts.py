@@ -372,3 +372,27 @@ def test_beam_search_decoding_respects_length_and_repeats(lm_dir, data):
         assert 5 <= len(ids) <= data.max_target_tokens + 1  # + the place for EOS
         pairs = list(zip(ids, ids[1:]))
         assert len(pairs) == len(set(pairs)), ids
+
+
+def test_cached_soft_prompt_decoding_matches_the_uncached_one(lm_dir, data):
+    """Prompt tuning decodes with the KV cache (soft prompt fed once as embeddings): greedy and
+    beam outputs equal peft's uncached decoding, which re-reads the whole context each step."""
+    from models.data.cnndm import prompt_batches
+    from models.summarize import generate_ids
+    from models.summarize_prompt import SumPromptConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(SumPromptConfig(model=lm_dir, num_virtual_tokens=6), data).eval()
+    ex = sorted(data.test[:4], key=lambda e: e.prompt_len)
+    for beams in (1, 3):
+        with torch.inference_mode():
+            got = generate_ids(model, data, ex, batch_size=4, device="cpu", num_beams=beams,
+                               min_summary_tokens=3)
+            batch = next(prompt_batches(ex, batch_size=4, pad_id=data.pad_token_id))
+            ref = model.generate(**batch, use_cache=False, max_new_tokens=data.max_target_tokens + 1,
+                                 do_sample=False, num_beams=beams, min_new_tokens=3,
+                                 pad_token_id=data.pad_token_id, eos_token_id=data.eos_token_id)
+        width = batch["input_ids"].shape[1]
+        want = [r[: r.index(data.eos_token_id)] if data.eos_token_id in r else r
+                for r in ref[:, width:].tolist()]
+        assert got == want, beams
