@@ -53,8 +53,12 @@ def test_kd_smoke_with_baseline_runs_teacher_once(tmp_path, monkeypatch, capsys)
     table = pd.read_csv(storage / "cola_kd" / "comparison.csv")
     assert table["model"].tolist()[1:] == ["KD student", "scratch student"]
     assert table["model"].iloc[0].startswith("teacher")
-    for col in ("dev_accuracy", "dev_mcc", "params", "size_mb", "cpu_sentences_per_s", "agreement"):
+    # numbers only: mean and sd apart (sd empty for the teacher's single run)
+    for col in ("n_seeds", "dev_accuracy_mean", "dev_mcc_mean", "params", "size_mb",
+                "cpu_sentences_per_s", "agreement"):
         assert table[col].notna().all(), col
+        assert pd.api.types.is_numeric_dtype(table[col]), col
+    assert table["dev_mcc_sd"].iloc[1:].notna().all()
     assert (table["cpu_sentences_per_s"] > 0).all()
     assert "KD gain in dev MCC" in out and "pooled seed sd" in out
     assert any(w in out for w in ("is better", "is worse", "within noise", "one seed each"))
