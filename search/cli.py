@@ -9,11 +9,9 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,16 +19,16 @@ from typing import Callable
 from models.errors import InputError
 from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
                              pull_tune_files, push_own_files)
-from search.algorithms import OPTUNA_BACKED, describe, resolve, startup_trials
+from search.algorithms import OPTUNA_BACKED, resolve
 from search.checks import (_check_same_search, _check_same_study, _database_error, _masked,
-                           check_batch_fits, check_optuna_storage, parse_objectives)
-from search.flags import DEFAULTS, SMOKE_DEFAULTS, apply_space_overrides, validate_space
+                           check_optuna_storage)
+from search.flags import DEFAULTS, SMOKE_DEFAULTS
 from search.output import (print_leaderboard, print_plan, print_retrain, quiet_libraries,
                            quiet_ray, write_tables)
-from search.redact import redact_argv, refuse_credentials_in_uri
+from search.plan import _plan, _record
+from search.redact import refuse_credentials_in_uri
 from search.resources import _check_resources, plan_memory
-from search.warm_start import check_study, warm_start_points
-from spaces.dims import Choice, Fixed
+from search.warm_start import check_study
 
 
 def check_storage(path: str) -> Path:
@@ -252,90 +250,6 @@ def _run(study_name, args, prepare, variants) -> int:
                 push_own_files(remote, n, storage / n)
         ray.shutdown()  # on a cluster: disconnects; the cluster keeps running
     return 0
-
-
-def _record(plan, name: str, args, prepared: Prepared, res, memory: dict | None, trackers,
-            prov: dict) -> dict:
-    """What experiment.json records about one sweep: the command (credentials redacted), the
-    search, the space and fixed config, the plan, where it lives, and the provenance."""
-    return {"study": plan.study.name, "group": name,
-              "command": shlex.join(redact_argv([sys.argv[0], *sys.argv[1:]])),
-              "metric": plan.study.metric, "mode": plan.study.mode,
-              "searcher": plan.searcher, "scheduler": plan.scheduler,
-              "search_seed": plan.seed, "search": describe(plan),
-              "report_split": prepared.report_split or plan.study.report_split,
-              "retrain_weights": plan.study.retrain_weights,
-              "search_metric": plan.metric, "search_mode": plan.mode,
-              "objectives": plan.objectives,
-              "warm_start": ({"from": str(args.warm_start), "points": plan.warm_start}
-                             if plan.warm_start else None),
-              "space": {k: v.describe() for k, v in plan.space.items()},
-              "fixed": plan.fixed, "num_samples": plan.num_samples,
-              "concurrency": plan.concurrency, "memory": memory,
-              "gpus": res.gpus, "gpus_per_trial": plan.gpus_per_trial,
-              "cpus_per_trial": args.cpus_per_trial, **prepared.describe,
-              "optuna_storage": _masked(plan.optuna_url),
-              "optuna_study": plan.optuna_study_name,
-              "max_epochs": plan.max_epochs, "grace_period": plan.grace_period,
-              "startup_trials": startup_trials(plan),
-              "reduction_factor": plan.reduction_factor,
-              "max_failures": plan.max_failures, "address": res.address,
-              "storage": display(plan.remote, plan.storage_path, plan.name),
-              "nodes": res.nodes, **prepared.extra,
-              **(trackers.describe() if trackers else {}),
-              **prov}
-
-
-def _plan(args, suffix: str, variant: Variant, *, prepared: Prepared, res, storage: Path,
-          remote, names: dict, all_dims: set, searcher: str, scheduler: str,
-          search_metrics: dict, warm_study: str | None, concurrency: int,
-          gpus_per_trial: float, trackers):
-    """One variant's SweepPlan: its space (--space applied, every dimension checked against the
-    study's config), the fixed config, the search and the resources."""
-    from models.registry import get_study
-    from search import sweep
-
-    study = get_study(variant.study)
-    fields = study.config_cls.field_names()
-    space = {**apply_space_overrides(study.space, args.space, set(study.space),
-                                     skip=all_dims),
-             **variant.overrides}
-    if all(isinstance(d, Fixed) for d in space.values()):
-        # Nothing to search: the searcher gets the given configuration as a one-value
-        # choice per dimension, and one trial evaluates it.
-        space = {k: Choice((d.value,)) for k, d in space.items()}
-        args.num_samples = 1
-        print("every search dimension is fixed by --space: one trial evaluates that "
-              "configuration (--num-samples 1)", flush=True)
-    fixed = {**prepared.fixed, "max_epochs": args.max_epochs, "seed": args.seed,
-             "num_threads": args.cpus_per_trial, "compile": args.compile,
-             "group_by_length": not args.no_length_grouping}
-    fixed = {k: v for k, v in fixed.items() if k not in space and k in fields}
-    validate_space(space, study.config_cls, fixed)
-    check_batch_fits(space, prepared.train_rows)
-    points = (warm_start_points(args.warm_start, study.metric, study.mode, space,
-                                args.warm_start_top)
-              if study.name == warm_study else [])
-    metric, mode = search_metrics[study.name]
-    objectives = parse_objectives(args.objectives, study, searcher, scheduler,
-                                  args.warm_start)
-    if objectives:
-        metric, mode = objectives[0]
-    return sweep.SweepPlan(
-        searcher=searcher, scheduler=scheduler, metric=metric, mode=mode,
-        warm_start=points, node_cpus=0 if res.address else res.cpus,
-        study=study, storage_path=storage, name=names[suffix], space=space, fixed=fixed,
-        num_samples=args.num_samples, max_epochs=args.max_epochs,
-        grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-        startup_trials=args.startup_trials, seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
-        concurrency=concurrency, retrain_top_k=args.retrain_top_k,
-        retrain_seeds=args.retrain_seeds, resume=args.resume,
-        max_failures=args.max_failures, reuse_actors=res.address is None,
-        remote=remote, verbose=args.verbose,
-        optuna_storage=args.optuna_storage, tracking=trackers, objectives=objectives,
-        # In a shared database, one study per run.
-        optuna_study=f"{names[suffix]}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if args.optuna_storage else None)
 
 
 def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
