@@ -120,29 +120,30 @@ class PeakMemory:
         except OSError:
             pass
 
+    @staticmethod
+    def _status_mb(key: str) -> float | None:
+        """A ``/proc/self/status`` figure (Linux) in MiB; None elsewhere."""
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
     def current_mb(self) -> float:
         """What the process holds now (CUDA: allocated; CPU: resident set)."""
         if self.cuda:
             return torch.cuda.memory_allocated() / 2**20
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
+        return self._status_mb("VmRSS") or 0.0
 
     def peak_mb(self) -> float:
         if self.cuda:
             return torch.cuda.max_memory_allocated() / 2**20
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
+        hwm = self._status_mb("VmHWM")
+        if hwm is not None:
+            return hwm
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,22 +33,20 @@ def startup_trials(plan) -> int:
     return max(2, min(10, plan.num_samples // 3))
 
 
-_startup = startup_trials
-
 
 def _tpe(plan):
     import optuna
 
     # constant_liar: trials running side by side are treated as bad until they report, so
     # parallel suggestions spread out instead of repeating the same point.
-    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=_startup(plan),
+    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup_trials(plan),
                                       constant_liar=plan.concurrency > 1)
 
 
 def _gp(plan):
     import optuna
 
-    return optuna.samplers.GPSampler(seed=plan.seed, n_startup_trials=_startup(plan))
+    return optuna.samplers.GPSampler(seed=plan.seed, n_startup_trials=startup_trials(plan))
 
 
 def _random(plan):
@@ -70,7 +68,7 @@ def _cmaes(plan):
     import optuna
 
     # CMA-ES models the numeric dimensions; categorical ones are drawn at random.
-    return optuna.samplers.CmaEsSampler(seed=plan.seed, n_startup_trials=_startup(plan),
+    return optuna.samplers.CmaEsSampler(seed=plan.seed, n_startup_trials=startup_trials(plan),
                                         warn_independent_sampling=False)
 
 
