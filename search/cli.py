@@ -287,7 +287,7 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
 
         recorded = json.loads((plan.exp_dir / "experiment.json").read_text())
         fail_orphans(plan.optuna_url, recorded.get("optuna_study") or plan.optuna_study_name,
-                     len(statuses))
+                     set(statuses))
     if plan.remote is not None:
         push_own_files(plan.remote, plan.name, plan.exp_dir)
     if not finished:

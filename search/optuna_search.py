@@ -70,6 +70,15 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 # trial as finished, while Tune's last snapshot had it still running.
                 pass
 
+    def suggest(self, trial_id: str):
+        fresh = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if fresh and trial_id in self._ot_trials:
+            # Ties the study's trial to Tune's: after a hard kill, a trial asked (and perhaps
+            # finished) after Tune's last snapshot is one no Tune trial owns (fail_orphans).
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._completed_trials and trial_id in self._ot_trials:
             self._report(trial_id, result)
@@ -105,23 +114,36 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 ORPHAN_NOTE = "asked by the searcher after Tune's last snapshot; the driver was killed, Tune never ran it"
 
 
-def fail_orphans(url: str, study_name: str, known: int) -> int:
-    """After a finished sweep: Optuna trials still RUNNING were asked just before a hard kill
-    of the driver, after Tune's last snapshot, so no Tune trial will ever tell them. Mark
-    them FAIL (with a note), so that the study shows no trial running forever. ``known``:
-    the sweep's trial count, reported beside. -> how many were closed."""
+def fail_orphans(url: str, study_name: str, tune_ids: set[str]) -> tuple[int, int]:
+    """After a finished sweep that was resumed: the study's trials no Tune trial owns were
+    asked after Tune's last snapshot before a hard kill of the driver. Those still RUNNING
+    will never be told: mark them FAIL (with a note), so that the study shows no trial running
+    forever. Those that finished (the trial ran, or was pruned, before the kill) are real
+    evaluations and stay, but Tune ran that slot again as a new trial: say so, since the study
+    then holds more finished trials than ``trials.csv``. ``tune_ids``: the sweep's trial ids.
+    -> (closed, finished but replaced)."""
     import optuna
 
     storage = optuna.storages.RDBStorage(url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        return 0
+        return 0, 0
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    closed = {t._trial_id for t in running}
     for t in running:
         storage.set_trial_user_attr(t._trial_id, "failed_because", ORPHAN_NOTE)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    replaced = [t for t in study.get_trials(deepcopy=False)
+                if t.state.is_finished() and t._trial_id not in closed
+                and t.user_attrs.get("tune_trial_id") not in (None, *tune_ids)]
     if running:
         print(f"Optuna study {study_name}: {len(running)} trial(s) asked before a hard kill and "
-              f"never run marked FAIL ({known} sweep trials kept)", flush=True)
-    return len(running)
+              f"never run marked FAIL ({len(tune_ids)} sweep trials kept)", flush=True)
+    if replaced:
+        print(f"Optuna study {study_name}: {len(replaced)} trial(s) (numbers "
+              f"{', '.join(str(t.number) for t in replaced)}) ran after Tune's last snapshot "
+              f"before a hard kill; Tune ran those slots again as new trials, so the study "
+              f"holds them beside the {len(tune_ids)} of trials.csv (user attribute "
+              f"tune_trial_id names a trial Tune no longer has)", flush=True)
+    return len(running), len(replaced)

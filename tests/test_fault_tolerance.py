@@ -78,10 +78,18 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path, monkeypatch, capsys):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     orphans = [t for t in study.trials if t.user_attrs.get("failed_because")]
     assert all(t.state == optuna.trial.TrialState.FAIL for t in orphans)
+    # every Tune trial owns exactly one finished study trial, with the configuration Tune ran;
+    # a trial that finished after Tune's last snapshot (Tune ran that slot again) is kept and
+    # named on the console
     done = [t for t in study.trials if t.state.is_finished() and t not in orphans]
-    assert len(done) == 8
-    ran = {round(float(v), 12) for v in trials["learning_rate"]}
-    assert {round(t.params["learning_rate"], 12) for t in done} == ran
+    owned = {t.user_attrs.get("tune_trial_id"): t for t in done}
+    assert len(owned) == len(done)  # no Tune trial told twice
+    ids = set(trials["trial_id"])
+    assert ids <= set(owned)
+    replaced = set(owned) - ids
+    assert ("ran after Tune's last snapshot" in r.stdout) == bool(replaced), replaced
+    ran = {tid: round(float(v), 12) for tid, v in zip(trials["trial_id"], trials["learning_rate"])}
+    assert {tid: round(owned[tid].params["learning_rate"], 12) for tid in ids} == ran
     # the retrain: exactly one result per (configuration, seed)
     runs = pd.read_csv(exp / "retrain_runs.csv")
     assert len(runs) == 4 and not runs.duplicated(["rank", "seed"]).any()
