@@ -85,7 +85,7 @@ def main() -> None:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default=None, help="CoLA directory (default: generated data)")
     p.add_argument("--model", default=None,
-                   help="local HF model directory (default: GPT-2 small shapes, built in-process)")
+                   help="GGUF file or local HF model directory (default: GPT-2 small shapes, built in-process)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--compile", action="store_true",
@@ -107,13 +107,19 @@ def main() -> None:
 
     from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
     from models.cola_lora import ColaLoraConfig, build_lora_model
-    from models.hf import load_tokenizer
+    from models.errors import InputError
+    from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
 
     quiet_libraries()
     tmp = Path(tempfile.mkdtemp(prefix="gpu-throughput-"))
     splits = load_cola_dir(args.data_dir) if args.data_dir else synthetic_cola(n_train=8000)
-    model_name = args.model or build_tiny_gpt2(
+    try:  # a GGUF file is converted once (cached), as --model does in the studies
+        model_name = resolve_model(args.model) if args.model else None
+    except InputError as e:
+        print(e, file=sys.stderr)
+        sys.exit(2)
+    model_name = model_name or build_tiny_gpt2(
         tmp / "gpt2-small-shapes", splits.train_text + splits.dev_text, vocab_size=8000,
         n_layer=12, n_embd=768, n_head=12, n_positions=1024)
     data = tokenize_cola(splits, load_tokenizer(model_name), selection_fraction=0.1, seed=0)

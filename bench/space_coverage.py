@@ -158,8 +158,8 @@ def print_signals(results: list[list[dict]], epochs: int) -> None:
     from scipy.stats import spearmanr
 
     best = np.array([final_best(r) for r in results])
-    print(f"\nearly signal vs final best val_mcc (Spearman; loss sign-flipped; ties = configs "
-          f"sharing an exact value with another; largest tie group)")
+    print("\nearly signal vs final best val_mcc (Spearman; loss sign-flipped; ties = configs "
+          "sharing an exact value with another; largest tie group)")
     for e in range(1, min(epochs, 2) + 1):
         print(f"  epoch {e}:")
         for name, sign in SIGNALS.items():
