@@ -98,7 +98,8 @@ def main() -> None:
         print(f"--config {args.config!r}: not JSON ({e})", file=sys.stderr)
         sys.exit(2)
 
-    from models.data.cola import load_cola_dir, tokenize_cola
+    from models.data.classification import tokenize_splits
+    from models.data.cola import load_cola_dir
     from models.errors import InputError
     from models.hf import load_tokenizer, resolve_model
     from search.output import quiet_libraries
@@ -112,7 +113,7 @@ def main() -> None:
         print(e, file=sys.stderr)
         sys.exit(2)
     device = torch.device(args.device)
-    data = tokenize_cola(splits, load_tokenizer(model_name), selection_fraction=0.1, seed=0)
+    data = tokenize_splits(splits, load_tokenizer(model_name), selection_fraction=0.1, seed=0)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}; model {args.model}; {len(data.split('train')[0])} training sentences; "
           f"config {hp}; seeds {args.seeds}; {args.epochs} epochs", flush=True)

@@ -105,7 +105,8 @@ def main() -> None:
     from search.output import quiet_libraries
     from train_throughput import floor_flops, matmul_shapes
 
-    from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.data.classification import tokenize_splits
+    from models.data.cola import load_cola_dir, synthetic_cola
     from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.errors import InputError
     from models.hf import load_tokenizer, resolve_model
@@ -122,7 +123,7 @@ def main() -> None:
     model_name = model_name or build_tiny_gpt2(
         tmp / "gpt2-small-shapes", splits.train_text + splits.dev_text, vocab_size=8000,
         n_layer=12, n_embd=768, n_head=12, n_positions=1024)
-    data = tokenize_cola(splits, load_tokenizer(model_name), selection_fraction=0.1, seed=0)
+    data = tokenize_splits(splits, load_tokenizer(model_name), selection_fraction=0.1, seed=0)
     ids, _ = data.split("train")
     lengths = np.array([len(x) for x in ids])
     n = len(ids)

@@ -39,7 +39,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.data.classification import tokenize_splits
+    from models.data.cola import load_cola_dir, synthetic_cola
     from models.cola_kd import ColaKDConfig, KDData, setup
     from models.hf import load_tokenizer
     from models.kd_loss import kd_loss
@@ -55,7 +56,7 @@ def main() -> None:
         tok = load_tokenizer(path)
         teacher = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=2, pad_token_id=tok.pad_token_id).eval()
-    data = tokenize_cola(splits, tok, selection_fraction=0.1, seed=0,
+    data = tokenize_splits(splits, tok, selection_fraction=0.1, seed=0,
                          max_train_samples=args.max_train_samples)
     t0 = time.perf_counter()
     both, _ = teacher_logits(teacher, data.train_ids + data.dev_ids, pad_id=data.pad_token_id)

@@ -80,12 +80,13 @@ def load_data(args):
     """Tokenized CoLA with a zero teacher: kd_fraction is fixed at 1, so it is never read."""
     import numpy as np
 
-    from models.data.cola import load_cola_dir, tokenize_cola
+    from models.data.classification import tokenize_splits
+    from models.data.cola import load_cola_dir
     from models.cola_kd import KDData
     from models.hf import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
-    cola = tokenize_cola(load_cola_dir(args.data_dir), tok, selection_fraction=0.2, seed=0,
+    cola = tokenize_splits(load_cola_dir(args.data_dir), tok, selection_fraction=0.2, seed=0,
                          max_length=64, max_train_samples=args.train_samples)
     return KDData(cola=cola, teacher_train=np.zeros((len(cola.train_ids), 2), np.float32),
                   teacher_dev=np.zeros((len(cola.dev_ids), 2), np.float32),

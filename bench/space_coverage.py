@@ -205,7 +205,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     global DATA
     args = parse_args(argv)
-    from models.data.cola import load_cola_dir, tokenize_cola
+    from models.data.classification import tokenize_splits
+    from models.data.cola import load_cola_dir
     from models.cola_lora import ColaLoraConfig
     from models.hf import load_tokenizer, resolve_model
     from search.flags import apply_space_overrides, validate_space
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
              "target_modules": tuple(args.target_modules) if args.target_modules else None}
     space = apply_space_overrides(SPACE, args.space, allowed=ColaLoraConfig.field_names())
     validate_space(space, ColaLoraConfig, fixed)
-    DATA = tokenize_cola(load_cola_dir(args.data_dir), load_tokenizer(model),
+    DATA = tokenize_splits(load_cola_dir(args.data_dir), load_tokenizer(model),
                          selection_fraction=args.selection_fraction, seed=args.seed,
                          max_length=args.max_length, max_train_samples=args.max_train_samples)
     print(f"model {model}\ndata {DATA.origin}: {DATA.meta}\nspace "

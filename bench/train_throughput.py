@@ -79,7 +79,8 @@ def floor_flops(lengths: np.ndarray, n_weights: int, layers: int, hidden: int) -
 
 
 def load(args, tmp: Path):
-    from models.data.cola import load_cola_dir, synthetic_cola, tokenize_cola
+    from models.data.classification import tokenize_splits
+    from models.data.cola import load_cola_dir, synthetic_cola
     from models.hf import load_tokenizer
 
     splits = load_cola_dir(args.data_dir) if args.data_dir else synthetic_cola(n_train=2000)
@@ -90,7 +91,7 @@ def load(args, tmp: Path):
         model = build_tiny_gpt2(tmp / "tiny", splits.train_text + splits.dev_text,
                                 n_layer=2, n_embd=64, n_head=2)
     tok = load_tokenizer(model)
-    data = tokenize_cola(splits, tok, selection_fraction=0.1, seed=0,
+    data = tokenize_splits(splits, tok, selection_fraction=0.1, seed=0,
                          max_train_samples=args.max_train_samples)
     return model, tok, data
 

@@ -1,5 +1,6 @@
-"""CoLA classification pieces shared by the LoRA and distillation studies: which split trains
-and which is scored at each stage, and the evaluator (loss, accuracy, MCC per split)."""
+"""Classification pieces every classification study shares (CoLA's LoRA, IA3, DoRA and
+distillation): which split trains and which is scored at each stage, and the evaluator (loss,
+accuracy, MCC, soft MCC and AUC per split)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from models.data.batching import classification_batches, length_sorted
-from models.data.cola import ColaData
+from models.data.classification import ClassificationData
 from models.loop import autocast, to_device
 from models.metrics import classification_metrics, probability_metrics
 
@@ -23,21 +24,20 @@ def stage_track(stage: str) -> dict | None:
     return SWEEP_TRACK if stage == "sweep" else None
 
 
-def stage_splits(data: ColaData, stage: str) -> tuple[str, dict[str, str], str]:
-    """-> (training split, {metric prefix: split}, metric to track).
+def stage_splits(data: ClassificationData, stage: str, *, score: str
+                 ) -> tuple[str, dict[str, str], str]:
+    """-> (training split, {metric prefix: split}, metric to track). ``score``: the study's
+    measure (a key of the evaluator's per-split metrics, e.g. "mcc").
 
     Sweep trials train on `fit` and are scored on the held-out `select` slice of the training
-    set; retrains train on the whole training set and are reported on GLUE dev (also split
-    into in-domain and out-of-domain when known). Dev never picks hyperparameters."""
+    set; retrains train on the whole training set and are reported on dev (and on each dev
+    group, CoLA's in-domain and out-of-domain). Dev never picks hyperparameters."""
     if stage == "sweep":
-        return "fit", {"val": "select"}, "val_mcc"
-    evals = {"dev": "dev"}
-    if data.dev_domain is not None:
-        evals.update({"dev_in": "dev_in", "dev_out": "dev_out"})
-    return "train", evals, "dev_mcc"
+        return "fit", {"val": "select"}, f"val_{score}"
+    return "train", {name: name for name in data.dev_splits()}, f"dev_{score}"
 
 
-def make_evaluator(data: ColaData, evals: dict[str, str], *,
+def make_evaluator(data: ClassificationData, evals: dict[str, str], *,
                    forward: Callable[[torch.nn.Module, dict], torch.Tensor],
                    batch_size: int = 256, device="cpu",
                    reference: Callable[[str], np.ndarray] | None = None

@@ -10,7 +10,8 @@ from typing import Callable
 
 from models.data.batching import classification_batches
 from models.classify import make_evaluator, stage_splits, stage_track
-from models.data.cola import ColaData
+from models.data.classification import ClassificationData
+from models.data.cola import SCORE
 from models.hf import count_parameters
 from models.loop import TrialSetup
 from models.metrics import confusion_counts, confusion_metrics
@@ -25,14 +26,14 @@ def loss(model, batch):
     return out.loss, confusion_counts(out.logits, batch["labels"])
 
 
-def adapter_setup(cfg, data: ColaData, device, *, build_model: Callable) -> TrialSetup:
+def adapter_setup(cfg, data: ClassificationData, device, *, build_model: Callable) -> TrialSetup:
     """The TrialSetup of a peft adapter on a sequence classifier (the trial harness calls it
     once per trial)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     model = build_model(cfg, pad_token_id=data.pad_token_id).to(device)
-    train_split, evals, metric = stage_splits(data, cfg.stage)
+    train_split, evals, metric = stage_splits(data, cfg.stage, score=SCORE)
     ids, labels = data.split(train_split)
 
     def train_batches(epoch: int):

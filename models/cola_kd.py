@@ -13,7 +13,8 @@ import numpy as np
 
 from models.data.batching import classification_batches
 from models.classify import make_evaluator, stage_splits, stage_track
-from models.data.cola import ColaData
+from models.data.classification import ClassificationData
+from models.data.cola import SCORE
 from models.config import TrialConfig, require
 from models.hf import count_parameters
 from models.kd_loss import kd_loss
@@ -59,7 +60,7 @@ class KDData:
     """What every trial gets through tune.with_parameters: token ids and the teacher's logits
     (row-aligned with the training set and with dev). The teacher model itself never ships."""
 
-    cola: ColaData
+    cola: ClassificationData
     teacher_train: np.ndarray  # [N_train, 2] float32
     teacher_dev: np.ndarray  # [N_dev, 2] float32
     vocab_size: int
@@ -90,7 +91,7 @@ def setup(cfg: ColaKDConfig, data: KDData, device) -> TrialSetup:
     cola = data.cola
     spec = {"vocab_size": data.vocab_size, "pad_token_id": cola.pad_token_id, **cfg.student_kwargs()}
     model = GRUStudent(**spec).to(device)
-    train_split, evals, metric = stage_splits(cola, cfg.stage)
+    train_split, evals, metric = stage_splits(cola, cfg.stage, score=SCORE)
     ids, labels = cola.split(train_split)
     soft = data.teacher_logits(train_split)
 

@@ -61,7 +61,7 @@ def smoke_teacher(splits, out: Path, seed: int) -> str:
     saved as a plain 2-label classifier directory."""
     import torch
 
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.cola_lora import ColaLoraConfig, setup
     from models.hf import load_tokenizer
     from models.loop import build_optimizer, train_loop
@@ -69,7 +69,7 @@ def smoke_teacher(splits, out: Path, seed: int) -> str:
 
     base = build_tiny_gpt2(out / "base", splits.train_text + splits.dev_text, seed=seed)
     tok = load_tokenizer(base)
-    data = tokenize_cola(splits, tok, selection_fraction=0.1, seed=seed)
+    data = tokenize_splits(splits, tok, selection_fraction=0.1, seed=seed)
     torch.manual_seed(seed)
     cfg = ColaLoraConfig(model=base, learning_rate=5e-3, lora_r=8, lora_alpha=16, max_epochs=4,
                          batch_size=16, stage="retrain")
@@ -106,7 +106,7 @@ def student_vocabulary(args, model, tokenizer, teacher_dir: str):
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     import torch
 
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.cola_kd import KDData
     from models.metrics import classification_metrics
     from models.teacher import load_teacher, teacher_logits
@@ -133,7 +133,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             finalize = lambda d: copy_tree(scratch / "smoke-teacher", d / "smoke-teacher")  # noqa: E731
     tokenizer, vocab = student_vocabulary(args, model, tokenizer, teacher_dir)
 
-    data = tokenize_cola(splits, tokenizer, selection_fraction=args.selection_fraction,
+    data = tokenize_splits(splits, tokenizer, selection_fraction=args.selection_fraction,
                          seed=args.seed, max_length=args.max_length,
                          max_train_samples=args.max_train_samples)
     device = "cuda" if args.gpus and torch.cuda.is_available() else "cpu"
@@ -145,7 +145,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     n = len(data.train_ids)
     kd = KDData(cola=data, teacher_train=both[:n], teacher_dev=both[n:], vocab_size=vocab)
     metrics = {}
-    for split in ("select", "dev") + (("dev_in", "dev_out") if data.dev_domain is not None else ()):
+    for split in ["select", *data.dev_splits()]:
         _, labels = data.split(split)
         for k, v in classification_metrics(labels, kd.teacher_logits(split).argmax(-1)).items():
             metrics[f"{split}_{k}"] = v

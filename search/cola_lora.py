@@ -43,7 +43,7 @@ def parser():
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
     from search.memory import estimate, largest, model_shape
@@ -66,7 +66,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     else:
         model = tok_dir = resolve_model(args.model or "gpt2")
     tokenizer = load_tokenizer(tok_dir)
-    data = tokenize_cola(splits, tokenizer, selection_fraction=args.selection_fraction,
+    data = tokenize_splits(splits, tokenizer, selection_fraction=args.selection_fraction,
                          seed=args.seed, max_length=args.max_length,
                          max_train_samples=args.max_train_samples)
     targets = tuple(args.target_modules) if args.target_modules else None

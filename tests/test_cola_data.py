@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from models.data.cola import load_cola_dir, selection_split, tokenize_cola
+from models.data.classification import selection_split, tokenize_splits
+from models.data.cola import load_cola_dir
 from models.errors import InputError
 
 ROWS = ["gj04\t1\t\tThe cat sat.", "gj04\t0\t*\tSat cat the.", "kl93\t1\t\tDogs bark loudly."]
@@ -24,7 +25,7 @@ def test_nyu_layout(tmp_path):
     s = load_cola_dir(nyu(tmp_path))
     assert len(s.train_text) == 12 and s.train_labels[:3] == [1, 0, 1]
     assert s.dev_text == [r.split("\t")[3] for r in ROWS + OUT_ROWS]
-    assert s.dev_domain == ["in"] * 3 + ["out"] * 2
+    assert s.dev_groups == ["in"] * 3 + ["out"] * 2
 
 
 def test_glue_layout_recovers_domains_from_sources(tmp_path):
@@ -33,7 +34,7 @@ def test_glue_layout_recovers_domains_from_sources(tmp_path):
     s = load_cola_dir(tmp_path)
     assert len(s.dev_text) == 5
     # out-of-domain rows are those whose source never occurs in training
-    assert s.dev_domain == ["in", "in", "in", "out", "out"]
+    assert s.dev_groups == ["in", "in", "in", "out", "out"]
 
 
 @pytest.mark.parametrize("bad, expect", [
@@ -60,7 +61,7 @@ def test_missing_dir_and_files(tmp_path):
 def test_real_cola_counts(shared_cola):
     s = load_cola_dir(shared_cola)
     assert len(s.train_text) == 8551 and len(s.dev_text) == 1043
-    assert s.dev_domain.count("in") == 527 and s.dev_domain.count("out") == 516
+    assert s.dev_groups.count("in") == 527 and s.dev_groups.count("out") == 516
     assert abs(np.mean(s.dev_labels) - 0.689) < 0.001  # the majority-class baseline
 
 
@@ -78,7 +79,7 @@ def test_tokenize_once_unpadded(synthetic, tiny_model):
     from models.hf import load_tokenizer
 
     tok = load_tokenizer(tiny_model)
-    data = tokenize_cola(synthetic, tok, selection_fraction=0.1, seed=0)
+    data = tokenize_splits(synthetic, tok, selection_fraction=0.1, seed=0)
     assert len(data.train_ids) == len(synthetic.train_text)
     lengths = {len(x) for x in data.train_ids}
     assert len(lengths) > 1  # no fixed-length padding at tokenization time

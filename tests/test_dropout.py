@@ -51,11 +51,11 @@ def test_follows_torch_seed_and_gradient_uses_the_mask():
 
 
 def test_swaps_every_dropout_of_a_peft_model(synthetic, tiny_model):
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.cola_lora import ColaLoraConfig, build_lora_model
     from models.hf import load_tokenizer
 
-    data = tokenize_cola(synthetic, load_tokenizer(tiny_model), selection_fraction=0.2, seed=0)
+    data = tokenize_splits(synthetic, load_tokenizer(tiny_model), selection_fraction=0.2, seed=0)
     torch.manual_seed(0)
     model = build_lora_model(ColaLoraConfig(model=tiny_model, lora_dropout=0.2),
                              pad_token_id=data.pad_token_id)

@@ -120,7 +120,7 @@ def test_unfixable_error_fails_the_trial_once(tmp_path, monkeypatch, tiny_model,
     import ray
 
     from conftest import ray_tmpdir
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.hf import load_tokenizer
     from models.registry import get_study
     from results import trial_frame
@@ -128,7 +128,7 @@ def test_unfixable_error_fails_the_trial_once(tmp_path, monkeypatch, tiny_model,
     from spaces.dims import LogUniform
 
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmpdir(tmp_path)))
-    data = tokenize_cola(synthetic, load_tokenizer(tiny_model), selection_fraction=0.1, seed=0)
+    data = tokenize_splits(synthetic, load_tokenizer(tiny_model), selection_fraction=0.1, seed=0)
     plan = SweepPlan(study=get_study("cola_lora"), storage_path=tmp_path, name="gone",
                      space={"learning_rate": LogUniform(1e-3, 1e-2)},
                      fixed={"model": str(tmp_path / "deleted-model"), "max_epochs": 2, "seed": 0,

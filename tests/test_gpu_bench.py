@@ -12,10 +12,10 @@ import gpu_throughput  # noqa: E402
 
 
 def test_epoch_runner_reports_each_epoch(synthetic, tiny_model):
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.hf import load_tokenizer
 
-    data = tokenize_cola(synthetic, load_tokenizer(tiny_model), selection_fraction=0.1, seed=0,
+    data = tokenize_splits(synthetic, load_tokenizer(tiny_model), selection_fraction=0.1, seed=0,
                          max_train_samples=200)
     reps = gpu_throughput.run_epochs(tiny_model, data, batch_size=32, lora_r=4, compile=False,
                                      epochs=2, device="cpu")

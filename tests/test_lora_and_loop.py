@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from models.data.cola import ColaData
+from models.data.classification import ClassificationData
 from models.cola_lora import ColaLoraConfig, build_lora_model, setup
 from models.loop import LoopState, build_optimizer, train_loop
 
@@ -49,8 +49,8 @@ def separable(n=240, seed=0):
         labels.append(y)
     labels = np.array(labels)
     idx = np.arange(n)
-    return ColaData(train_ids=ids, train_labels=labels, fit_idx=idx[:200], select_idx=idx[200:],
-                    dev_ids=ids[200:], dev_labels=labels[200:], dev_domain=None, pad_token_id=0,
+    return ClassificationData(train_ids=ids, train_labels=labels, fit_idx=idx[:200], select_idx=idx[200:],
+                    dev_ids=ids[200:], dev_labels=labels[200:], dev_groups=None, pad_token_id=0,
                     origin="toy")
 
 

@@ -46,11 +46,11 @@ def test_grouping_pads_less_and_longest_batch_comes_first():
 
 def test_sorted_evaluation_returns_logits_in_split_order(synthetic, tiny_model):
     from models.classify import make_evaluator
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
     from models.metrics import classification_metrics
 
     tok = load_tokenizer(tiny_model)
-    data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
+    data = tokenize_splits(synthetic, tok, selection_fraction=0.2, seed=0)
     seed_everything(0)
     model = build_lora_model(ColaLoraConfig(model=tiny_model), pad_token_id=data.pad_token_id).eval()
     ids, labels = data.split("dev")
@@ -87,10 +87,10 @@ def run(data, model_name, *, group: bool, epochs: int = 4, cpu_dropout: bool = F
 
 
 def test_grouped_and_plain_training_agree(synthetic, tiny_model):
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
 
     tok = load_tokenizer(tiny_model)
-    data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
+    data = tokenize_splits(synthetic, tok, selection_fraction=0.2, seed=0)
     plain = run(data, tiny_model, group=False)
     grouped = run(data, tiny_model, group=True)
     # Different batch compositions, same data, same schedule: the same place, within noise.
@@ -102,10 +102,10 @@ def test_grouped_and_plain_training_agree(synthetic, tiny_model):
 
 
 def test_cpu_dropout_trains_to_the_same_place(synthetic, tiny_model):
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
 
     tok = load_tokenizer(tiny_model)
-    data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
+    data = tokenize_splits(synthetic, tok, selection_fraction=0.2, seed=0)
     torch_dropout = run(data, tiny_model, group=True)
     cheaper = run(data, tiny_model, group=True, cpu_dropout=True)
     # Other random masks, the same distribution: the same place, within noise.
@@ -116,10 +116,10 @@ def test_cpu_dropout_trains_to_the_same_place(synthetic, tiny_model):
 
 @pytest.mark.slow
 def test_compiled_model_gives_eager_loss_and_gradients(synthetic, tiny_model):
-    from models.data.cola import tokenize_cola
+    from models.data.classification import tokenize_splits
 
     tok = load_tokenizer(tiny_model)
-    data = tokenize_cola(synthetic, tok, selection_fraction=0.2, seed=0)
+    data = tokenize_splits(synthetic, tok, selection_fraction=0.2, seed=0)
     seed_everything(0)
     model = build_lora_model(ColaLoraConfig(model=tiny_model, lora_dropout=0.0),
                              pad_token_id=data.pad_token_id)
