@@ -1,8 +1,10 @@
 """The one registry: study name -> trainable, search space, config class, metric and mode.
 
 A CoLA adapter method is a model module (config + ``build_model``) and a space, then one entry
-here; ``search/cola_lora.py --method`` offers it. A new study also needs its command in
-``search/``; a summarization method, a line in ``search/cnndm_summarize.py``'s ``METHODS``."""
+here; ``search/cola_lora.py --method`` offers it. A summarization method is a model module
+(config, ``setup``, ``trainable_counts``) and a space (with its smoke-test overrides), then one
+entry here; ``search/cnndm_summarize.py --method`` offers it. A new study also needs its
+command in ``search/``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,6 +43,10 @@ class Study:
     build_model: Callable | None = None
     size_dim: str | None = None
     smoke_space: tuple = ()
+    # Summarization methods (search/cnndm_summarize.py --method NAME, NAME = the study name
+    # without "cnndm_", "_" as "-"): trainable parameters at the space's extremes for the plan,
+    # ``(space, meta, *, model_dir, hidden_size, target_modules) -> [(label, count)]``.
+    trainable_counts: Callable | None = None
 
     @property
     def trainable(self) -> Callable:
@@ -79,7 +85,14 @@ def _cnndm(method: str, module, config_cls, space) -> Study:
                  metric="best_val_loss", mode="min", report_metric="test_loss",
                  report_columns=CNNDM_REPORT, report_split="the test split",
                  retrain_weights="the best epoch's weights, by validation loss",
-                 search_metrics=CNNDM_SEARCH)
+                 search_metrics=CNNDM_SEARCH, trainable_counts=module.trainable_counts,
+                 smoke_space=tuple(cnndm_space.SMOKE.get(method, ())))
+
+
+def summarization_methods() -> dict[str, str]:
+    """--method name -> study name, for ``search/cnndm_summarize.py``."""
+    return {n.removeprefix("cnndm_").replace("_", "-"): n for n, s in STUDIES.items()
+            if s.trainable_counts is not None}
 
 
 STUDIES: dict[str, Study] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.config import require
+from models.errors import InputError
 from models.summarize import SummarizeConfig, load_causal_lm, setup as summarize_setup
 
 # (blocks, final norm) attribute paths of common decoder-only architectures.
@@ -60,6 +61,23 @@ def freeze_all_but_last(model, n_last_layers: int):
 def build_model(cfg: SumLastLayersConfig, data):
     return freeze_all_but_last(load_causal_lm(cfg.model, pad_token_id=data.pad_token_id),
                                cfg.n_last_layers)
+
+
+def trainable_counts(space: dict, meta, **_) -> list[tuple[str, int]]:
+    """Trainable parameters at the space's extremes of n_last_layers, on the base model
+    without weights (``meta()``), for the plan. More blocks than the model has is an
+    InputError naming the dimension."""
+    from models.hf import count_parameters
+
+    out = []
+    for n in sorted(space["n_last_layers"].edges()):
+        try:
+            m = freeze_all_but_last(meta(), int(n))
+        except ValueError as e:
+            raise InputError(f"search space n_last_layers = {space['n_last_layers'].describe()}"
+                             f": {e}") from None
+        out.append((f"{n} blocks", count_parameters(m)["trainable_params"]))
+    return out
 
 
 def setup(cfg, data, device):

@@ -36,6 +36,13 @@ def build_model(cfg: SumPromptConfig, data):
         tokenizer_name_or_path=cfg.model))
 
 
+def trainable_counts(space: dict, meta, *, hidden_size: int, **_) -> list[tuple[str, int]]:
+    """Trainable parameters at the space's extremes, for the plan: num_virtual_tokens x
+    hidden size (no model needed). ``meta``: builds the base model without weights (unused)."""
+    return [(f"{n} tokens", int(n) * hidden_size)
+            for n in sorted(space["num_virtual_tokens"].edges())]
+
+
 def setup(cfg, data, device):
     """The trial harness's setup for this method (``models.summarize.setup`` with this
     method's model)."""

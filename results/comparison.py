@@ -150,3 +150,34 @@ def comparison_charts(table: pd.DataFrame, out_dir: Path, *, label: str = "metho
         plt.close(fig)
         names.append(path.name)
     return names
+
+
+def compare_methods(experiments: list[tuple[str, Path, list[str]]], out_dir: Path, *,
+                    columns: tuple, n_articles: int | None = None) -> pd.DataFrame:
+    """One table across methods (best configuration of each, mean ± sd over retrain seeds),
+    written to ``out_dir/comparison.csv`` with its charts, and printed. ``experiments``:
+    (method, experiment dir, space names); ``columns``: (retrain column, label, higher is
+    better); ``n_articles``: how many test articles ROUGE rests on (recorded in the table)."""
+    from results.tables import mean_sd
+
+    table = best_configuration_table(experiments, [col for col, _, _ in columns])
+    if table.empty:
+        print("\n== Comparison: no finished retrains", flush=True)
+        return table
+    if n_articles:
+        table["rouge_articles"] = n_articles
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "comparison.csv", index=False)
+    charts = comparison_charts(table, out_dir, about=f", {n_articles} articles" if n_articles
+                               else "")
+    show = pd.DataFrame({"method": table["method"], "seeds": table["n_seeds"]})
+    for col, label, _ in columns:
+        if f"{col}_mean" in table:
+            mean, sd = table[f"{col}_mean"], table[f"{col}_sd"]
+            show[label] = [mean_sd(m, s) for m, s in zip(mean, sd)]
+    print("\n== Methods compared on the test split (best configuration each, mean ± sd over "
+          "seeds)", flush=True)
+    with pd.option_context("display.width", 220, "display.max_columns", 20):
+        print(show.to_string(index=False), flush=True)
+    print(f"table: {out_dir / 'comparison.csv'}; charts: {', '.join(charts)}", flush=True)
+    return table

@@ -18,19 +18,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
+from models.registry import get_study, summarization_methods  # noqa: E402
 from search.cli import Prepared, Variant, copy_tree, run  # noqa: E402
 from search.flags import (apply_space_overrides, base_parser, fraction, nonneg_int,  # noqa: E402
                           positive_int, set_study_defaults)
-from spaces.dims import Choice, LogUniform  # noqa: E402
 
 NAME = "cnndm"
-METHODS = {"prompt": "cnndm_prompt", "lora": "cnndm_lora", "last-layers": "cnndm_last_layers"}
-# The tiny smoke GPT-2 (briefly pretrained in-process) wants larger steps than a real one, and
-# has 2 blocks.
-SMOKE_SPACES = {"prompt": {"learning_rate": LogUniform(1e-2, 3e-1)},
-                "lora": {"learning_rate": LogUniform(3e-3, 3e-2)},
-                "last-layers": {"learning_rate": LogUniform(1e-3, 1e-2),
-                                "n_last_layers": Choice((1, 2))}}
+METHODS = summarization_methods()  # --method name -> study (models.registry)
+# A method whose space has this dimension puts that many positions before the article.
+VIRTUAL = "num_virtual_tokens"
 TOKENS = {"max_source_tokens": 512, "max_target_tokens": 128, "rouge_samples": 100}
 SMOKE_TOKENS = {"max_source_tokens": 96, "max_target_tokens": 24, "rouge_samples": 8}
 
@@ -98,9 +94,12 @@ def variants(args) -> dict:
     out = {}
     for method in chosen_methods(args):
         overrides = {}
-        if args.smoke_test:  # unless --space says otherwise
-            overrides = {k: v for k, v in SMOKE_SPACES[method].items()
-                         if not any(s.startswith(k + "=") for s in args.space)}
+        if args.smoke_test:  # the study's smoke-test dimensions, unless --space says otherwise
+            study = get_study(METHODS[method])
+            mine = [x for x in study.smoke_space
+                    if not any(s.startswith(x.split("=", 1)[0] + "=") for s in args.space)]
+            smoke = apply_space_overrides(study.space, mine, set(study.space))
+            overrides = {x.split("=", 1)[0]: smoke[x.split("=", 1)[0]] for x in mine}
         out[f"-{method}"] = Variant(METHODS[method], overrides)
     return out
 
@@ -116,8 +115,6 @@ def check_model_fits(args, model_dir: str, sep_tokens: int) -> tuple[dict, dict]
     largest trainable count and the total (for the memory estimate)."""
     from transformers import AutoConfig
 
-    from models.registry import get_study
-
     cfg = AutoConfig.from_pretrained(model_dir)
     context = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
     counts, sizes = {}, {}
@@ -127,59 +124,36 @@ def check_model_fits(args, model_dir: str, sep_tokens: int) -> tuple[dict, dict]
         space = {**apply_space_overrides(study.space, args.space, set(study.space),
                                          skip=all_dims),
                  **variants(args)[f"-{method}"].overrides}
-        virtual = _largest(space, "num_virtual_tokens", 0) if method == "prompt" else 0
+        virtual = _largest(space, VIRTUAL, 0)
         need = args.max_source_tokens + sep_tokens + args.max_target_tokens + 1 + virtual
         if context is not None and need > context:
-            extra = f" + up to {virtual} virtual tokens (prompt)" if virtual else ""
+            extra = f" + up to {virtual} virtual tokens ({method})" if virtual else ""
             raise InputError(
                 f"--max-source-tokens {args.max_source_tokens} + separator {sep_tokens} + "
                 f"--max-target-tokens {args.max_target_tokens} + EOS 1{extra} = {need} tokens, "
                 f"longer than the model's context of {context}; lower the token limits")
-        counts[method], sizes[method] = _count(method, space, model_dir, cfg, args)
+        counts[method], sizes[method] = _count(study, space, model_dir, cfg, args)
     return counts, sizes
 
 
-def _count(method, space, model_dir, cfg, args) -> tuple[str, tuple[int, int]]:
-    """Trainable parameters at the space's extremes, of the total, on empty (meta) models:
-    -> (text, (largest trainable, total))."""
+def _count(study, space, model_dir, cfg, args) -> tuple[str, tuple[int, int]]:
+    """Trainable parameters at the space's extremes (the method's ``trainable_counts``), of
+    the total, on empty (meta) models: -> (text, (largest trainable, total))."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from models.hf import count_parameters
-    from models.summarize_last_layers import freeze_all_but_last
-    from models.summarize_lora import SumLoraConfig, build_model
 
     def meta():
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg)
 
-    out, most = [], 0
-    if method == "prompt":  # num_virtual_tokens x n_embd
-        out = [f"{n} tokens: {n * cfg.hidden_size:,}"
-               for n in sorted(space["num_virtual_tokens"].edges())]
-        most = int(max(space["num_virtual_tokens"].edges())) * cfg.hidden_size
-    elif method == "last-layers":
-        for n in sorted(space["n_last_layers"].edges()):
-            try:
-                m = freeze_all_but_last(meta(), int(n))
-            except ValueError as e:
-                raise InputError(f"search space n_last_layers = {space['n_last_layers'].describe()}"
-                                 f": {e}") from None
-            out.append(f"{n} blocks: {count_parameters(m)['trainable_params']:,}")
-            most = max(most, count_parameters(m)["trainable_params"])
-    else:
-        targets = tuple(args.target_modules) if args.target_modules else None
-        for r in sorted(space["lora_r"].edges()) if "lora_r" in space else [8]:
-            try:
-                m = build_model(SumLoraConfig(model=model_dir, lora_r=int(r),
-                                              target_modules=targets), None, base=meta())
-            except ValueError as e:
-                raise InputError(f"--target-modules {' '.join(args.target_modules or ['(default)'])}"
-                                 f": {str(e).splitlines()[0]}") from None
-            out.append(f"r={r}: {count_parameters(m)['trainable_params']:,}")
-            most = max(most, count_parameters(m)["trainable_params"])
+    counts = study.trainable_counts(
+        space, meta, model_dir=model_dir, hidden_size=cfg.hidden_size,
+        target_modules=tuple(args.target_modules) if args.target_modules else None)
     total = count_parameters(meta())["total_params"]
-    return ", ".join(out) + f" of {total:,}", (most, total)
+    return (", ".join(f"{label}: {n:,}" for label, n in counts) + f" of {total:,}",
+            (max(n for _, n in counts), total))
 
 
 def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
@@ -188,7 +162,7 @@ def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
     from search.memory import estimate, largest, model_shape
 
     method = next(m for m, s in METHODS.items() if s == study)
-    virtual = largest(space, fixed, "num_virtual_tokens", 0) if method == "prompt" else 0
+    virtual = largest(space, fixed, VIRTUAL, 0)
     most, total = sizes[method]
     return estimate(total_params=total, trainable_params=most,
                     batch_size=largest(space, fixed, "batch_size", args.batch_size),
@@ -284,37 +258,12 @@ COMPARE = (("test_loss", "test eval loss", False), ("test_rouge1", "ROUGE-1", Tr
 
 
 def compare(outcomes, out_dir: Path, *, n_articles: int | None = None) -> None:
-    """One table across methods (best configuration of each, mean ± sd over retrain seeds)
-    and its charts (results.comparison), in the main experiment directory. ``n_articles``:
-    how many test articles ROUGE rests on (recorded in the table)."""
-    import pandas as pd
-
-    from results.comparison import best_configuration_table, comparison_charts
-    from results.tables import mean_sd
+    """The methods side by side on the test split (results.comparison.compare_methods)."""
+    from results.comparison import compare_methods
 
     method_of = {study: m for m, study in METHODS.items()}
-    table = best_configuration_table(
-        [(method_of[plan.study.name], plan.exp_dir, list(plan.space)) for plan, _ in outcomes],
-        [col for col, _, _ in COMPARE])
-    if table.empty:
-        print("\n== Comparison: no finished retrains", flush=True)
-        return
-    if n_articles:
-        table["rouge_articles"] = n_articles
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "comparison.csv", index=False)
-    charts = comparison_charts(table, out_dir, about=f", {n_articles} articles" if n_articles
-                               else "")
-    show = pd.DataFrame({"method": table["method"], "seeds": table["n_seeds"]})
-    for col, label, _ in COMPARE:
-        if f"{col}_mean" in table:
-            mean, sd = table[f"{col}_mean"], table[f"{col}_sd"]
-            show[label] = [mean_sd(m, s) for m, s in zip(mean, sd)]
-    print("\n== Methods compared on the test split (best configuration each, mean ± sd over "
-          "seeds)", flush=True)
-    with pd.option_context("display.width", 220, "display.max_columns", 20):
-        print(show.to_string(index=False), flush=True)
-    print(f"table: {out_dir / 'comparison.csv'}; charts: {', '.join(charts)}", flush=True)
+    compare_methods([(method_of[plan.study.name], plan.exp_dir, list(plan.space))
+                     for plan, _ in outcomes], out_dir, columns=COMPARE, n_articles=n_articles)
 
 
 def main(argv=None) -> int:

@@ -14,3 +14,11 @@ LAST_LAYERS = {
     "learning_rate": LogUniform(1e-6, 1e-3),
     "n_last_layers": Choice((1, 2, 4)),
 }
+
+# --smoke-test, per method: the tiny smoke GPT-2 (briefly pretrained in-process) wants larger
+# steps than a real one, and has 2 blocks. --space flags, so a user's own --space wins.
+SMOKE = {
+    "prompt": ["learning_rate=1e-2:3e-1"],
+    "lora": ["learning_rate=3e-3:3e-2"],
+    "last_layers": ["learning_rate=1e-3:1e-2", "n_last_layers=1,2"],
+}
