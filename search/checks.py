@@ -1,12 +1,15 @@
-"""Checks of a command's settings against the world before anything starts: the Optuna
-storage (driver, connection, credentials), --resume against the recorded experiment,
---objectives, batch sizes against the data; and recognising a storage failure during a sweep.
-Moved out of ``search.cli`` (which re-exports them); behaviour unchanged."""
+"""Checks of a command's settings against the world before anything starts: the storage path
+and the experiment directory (--name, --resume), the Optuna storage (driver, connection,
+credentials), --resume against the recorded experiment, --metric, --objectives, batch sizes
+against the data; and recognising a storage failure during a sweep."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 from models.errors import InputError
+from results.storage import display
 from search.redact import ENV_OPTUNA_STORAGE, MASK
 
 
@@ -200,3 +203,42 @@ def _database_error(e: BaseException):
             return e
         e = e.__cause__ or e.__context__
     return None
+
+
+def check_storage(path: str) -> Path:
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"--storage-path {path!r}: not writable ({probe} is not a directory)")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise InputError(f"--storage-path {path!r}: not writable ({probe}: {e.strerror})") from None
+    return p
+
+
+def search_metric(study, name: str | None) -> tuple[str, str]:
+    """--metric NAME -> (result key, mode) for ``study``."""
+    name = name or study.default_search_metric
+    if name not in study.search_metrics:
+        raise InputError(f"--metric {name}: not offered by the {study.name} study; allowed: "
+                         f"{', '.join(study.search_metrics)}")
+    return study.search_metrics[name]
+
+
+def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
+    name = exp_dir.name
+    where = display(remote, exp_dir.parent, name)
+    if resume:
+        from ray.tune import Tuner
+
+        ok = (Tuner.can_restore(remote.join(name), storage_filesystem=remote.fs) if remote
+              else Tuner.can_restore(str(exp_dir)))
+        if not ok:
+            raise InputError(f"--resume: no restorable experiment at {where}")
+    elif exp_dir.exists() or (remote is not None and remote.exists(name)):
+        raise InputError(f"--name {name!r}: {where} already exists; pass --resume to "
+                         "continue it (finished trials and retrains are kept) or choose another --name")

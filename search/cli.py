@@ -20,8 +20,9 @@ from models.errors import InputError
 from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
                              pull_tune_files, push_own_files)
 from search.algorithms import OPTUNA_BACKED, resolve
-from search.checks import (_check_same_search, _check_same_study, _database_error, _masked,
-                           check_optuna_storage)
+from search.checks import (_check_experiment_dir, _check_same_search, _check_same_study,
+                           _database_error, _masked, check_optuna_storage, check_storage,
+                           search_metric)
 from search.flags import DEFAULTS, SMOKE_DEFAULTS
 from search.output import (print_leaderboard, print_plan, print_retrain, quiet_libraries,
                            quiet_ray, write_tables)
@@ -29,23 +30,6 @@ from search.plan import _plan, _record
 from search.redact import refuse_credentials_in_uri
 from search.resources import _check_resources, plan_memory
 from search.warm_start import check_study
-
-
-def check_storage(path: str) -> Path:
-    p = Path(path).expanduser().absolute()
-    probe = p
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InputError(f"--storage-path {path!r}: not writable ({probe} is not a directory)")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as e:
-        raise InputError(f"--storage-path {path!r}: not writable ({probe}: {e.strerror})") from None
-    return p
-
-
 
 
 @dataclass(frozen=True)
@@ -108,30 +92,6 @@ def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser
 
 
 
-
-
-def search_metric(study, name: str | None) -> tuple[str, str]:
-    """--metric NAME -> (result key, mode) for ``study``."""
-    name = name or study.default_search_metric
-    if name not in study.search_metrics:
-        raise InputError(f"--metric {name}: not offered by the {study.name} study; allowed: "
-                         f"{', '.join(study.search_metrics)}")
-    return study.search_metrics[name]
-
-
-def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
-    name = exp_dir.name
-    where = display(remote, exp_dir.parent, name)
-    if resume:
-        from ray.tune import Tuner
-
-        ok = (Tuner.can_restore(remote.join(name), storage_filesystem=remote.fs) if remote
-              else Tuner.can_restore(str(exp_dir)))
-        if not ok:
-            raise InputError(f"--resume: no restorable experiment at {where}")
-    elif exp_dir.exists() or (remote is not None and remote.exists(name)):
-        raise InputError(f"--name {name!r}: {where} already exists; pass --resume to "
-                         "continue it (finished trials and retrains are kept) or choose another --name")
 
 
 def _run(study_name, args, prepare, variants) -> int:
