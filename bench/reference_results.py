@@ -37,14 +37,12 @@ BUDGETS = {
                      "retrain_seeds": 3},
             "kd": {"max_train_samples": 2000, "num_samples": 6, "max_epochs": 4,
                    "retrain_seeds": 3},
-            # Summarization dominates the CPU budget (an epoch of 80 articles at 256 + 64 tokens
-            # took ~6 min per trial): 40 training articles, one epoch per trial.
-            # Greedy decoding (no repeated trigram) of 5 test articles: prompt tuning decodes
-            # without a KV cache (see models/summarize.py), and beam search of 10 articles took
-            # over 28 min per retrain here.
+            # Summarization's training dominates the CPU budget: 40 training articles, one
+            # epoch per trial. Test summaries by the sweeps' own decoding (beam 4, no repeated
+            # trigram; KV-cached for every method, bench/prompt_decoding.py) of 10 articles.
             "sum": {"max_train_samples": 40, "num_samples": 2, "max_epochs": 1,
                     "retrain_seeds": 2, "max_source_tokens": 256, "max_target_tokens": 64,
-                    "rouge_samples": 5, "num_beams": 1, "batch_size": 4, "grad_accum": 2}},
+                    "rouge_samples": 10, "num_beams": 4, "batch_size": 4, "grad_accum": 2}},
     "full": {"cola": {"max_train_samples": None, "num_samples": 24, "max_epochs": 4,
                       "retrain_seeds": 5},
              "kd": {"max_train_samples": None, "num_samples": 16, "max_epochs": 8,
