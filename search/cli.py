@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,41 +26,10 @@ from search.flags import DEFAULTS, SMOKE_DEFAULTS
 from search.output import (print_leaderboard, print_plan, print_retrain, quiet_libraries,
                            quiet_ray, write_tables)
 from search.plan import _plan, _record
+from search.prepared import Prepared, Variant
 from search.redact import refuse_credentials_in_uri
 from search.resources import _check_resources, plan_memory
 from search.warm_start import check_study
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One sweep of a command: which study, and search-space overrides on top of its space
-    (e.g. the distillation study with kd_fraction fixed at 1 is its scratch baseline)."""
-
-    study: str
-    overrides: dict
-
-
-@dataclass
-class Prepared:
-    """What a study's ``prepare`` returns: the data for every trial and the fixed config."""
-
-    data: object
-    fixed: dict  # config fields shared by all trials (model path, targets, ...)
-    describe: dict  # for the plan and experiment.json
-    finalize: Callable[[Path], None] | None = None  # copies smoke-test artefacts into exp dir
-    after: Callable[[list], None] | None = None  # given [(plan, retrain summary)] at the end
-    extra: dict = field(default_factory=dict)  # recorded in experiment.json only
-    # (study name, space, fixed) -> a trial's peak memory (search.memory.Estimate); None: not
-    # estimated
-    memory: Callable[[str, dict, dict], object] | None = None
-    train_rows: int | None = None  # rows a sweep trial trains on: the largest sensible batch
-    report_split: str | None = None  # where retrains are reported, when not the study's usual
-
-
-
-
-
-
 
 
 def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser,
@@ -86,12 +54,6 @@ def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser
 
         if ray.is_initialized():  # started or connected to; a cluster we joined keeps running
             ray.shutdown()
-
-
-
-
-
-
 
 
 def _run(study_name, args, prepare, variants) -> int:
@@ -273,20 +235,6 @@ def push(plan, path: Path) -> None:
     """One file of the mirror to the bucket at once (no-op for local storage)."""
     if plan.remote is not None:
         plan.remote.push(path, plan.name, *path.relative_to(plan.exp_dir).parts)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def copy_tree(src: Path, dst: Path) -> None:

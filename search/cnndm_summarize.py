@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 from models.errors import InputError  # noqa: E402
 from models.registry import get_study, summarization_methods  # noqa: E402
-from search.cli import Prepared, Variant, copy_tree, run  # noqa: E402
+from search.cli import copy_tree, run  # noqa: E402
+from search.prepared import Prepared, Variant  # noqa: E402
 from search.flags import (apply_space_overrides, base_parser, fraction, nonneg_int,  # noqa: E402
                           positive_int, set_study_defaults)
 

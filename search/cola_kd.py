@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
 from models.errors import InputError  # noqa: E402
-from search.cli import Prepared, Variant, copy_tree, run  # noqa: E402
+from search.cli import copy_tree, run  # noqa: E402
+from search.prepared import Prepared, Variant  # noqa: E402
 from search.flags import add_cola_arguments, base_parser, load_cola_splits  # noqa: E402
 from spaces.dims import Fixed  # noqa: E402
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 
 from models.errors import InputError  # noqa: E402
 from models.registry import adapter_methods, get_study  # noqa: E402
-from search.cli import Prepared, copy_tree, run  # noqa: E402
+from search.cli import copy_tree, run  # noqa: E402
+from search.prepared import Prepared  # noqa: E402
 from search.flags import add_cola_arguments, base_parser, load_cola_splits  # noqa: E402
 
 STUDY = "cola_lora"

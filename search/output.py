@@ -10,7 +10,7 @@ from search.algorithms import SCHEDULERS, describe
 from search.flags import REPO_ROOT
 
 if TYPE_CHECKING:  # annotations only
-    from search.cli import Prepared
+    from search.prepared import Prepared
     from search.resources import Resources
 
 

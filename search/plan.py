@@ -18,7 +18,7 @@ from search.warm_start import warm_start_points
 from spaces.dims import Choice, Fixed
 
 if TYPE_CHECKING:  # annotations only
-    from search.cli import Prepared, Variant
+    from search.prepared import Prepared, Variant
 
 
 def _record(plan, name: str, args, prepared: Prepared, res, memory: dict | None, trackers,

@@ -12,7 +12,7 @@ from results.storage import is_uri
 from search.output import QUIET_ENV
 
 if TYPE_CHECKING:  # annotations only
-    from search.cli import Prepared
+    from search.prepared import Prepared
 
 
 def check_gpus(asked: int | None) -> tuple[int, int]:
