@@ -111,7 +111,7 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
 
 def print_leaderboard(plan, trials) -> None:
     from results import leaderboard, read_trials
-    from results.report import times_text
+    from results.report_parts import times_text
 
     from results.frames import FAILED, STOPPED
 
