@@ -185,6 +185,11 @@ def train_loop(
     return ``(loss, counts)``, a dict of count tensors summed over the epoch on the device and
     turned into training metrics by ``train_stats`` (e.g. accuracy of the training batches, as
     the model was while it trained on them: dropout on, weights moving).
+
+    One body on purpose (~130 lines): the order of a step (forward, backward, accumulate,
+    clip, step) and of an epoch's end (one host sync, evaluate, best-so-far, memory, report)
+    is what every study relies on, and it reads top to bottom here; split, the shared state
+    would travel through a dozen arguments.
     """
     state = state or LoopState()
     params = [p for p in model.parameters() if p.requires_grad]

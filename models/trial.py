@@ -92,6 +92,11 @@ def oom_message(cfg, error: BaseException) -> str:
 
 
 def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Callable) -> None:
+    """One trial or retrain job inside Ray: config from Tune's dict, setup, restore from the
+    last checkpoint, the shared loop with a checkpoint per reported epoch, and every way a
+    trial ends (a bad config or missing file once, out of GPU memory with advice, stopped by
+    the scheduler, diverged). One function (~110 lines) because those endings share the
+    trial's state (model, optimizer, last report) and must release it in one ``finally``."""
     import logging
 
     from ray import tune

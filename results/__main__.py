@@ -14,6 +14,8 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
+    """Parse, check every EXPERIMENT_DIR (fetching cloud ones) before writing, build the
+    report, push it back to the cloud. One sequence (~65 lines); bad input exits 2 first."""
     p = argparse.ArgumentParser(prog="python -m results", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="Markdown + PNG report of one or more experiment dirs",

@@ -173,6 +173,9 @@ def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
+    """The study's data and model, loaded and checked before anything is written (smoke-test
+    artefacts go to ``scratch``), and what the plan prints. Long (60-80 lines) but one
+    sequence: each check needs what the one before it loaded."""
     from models.data.cnndm import load_cnndm_dir, load_cnndm_hub, synthetic_articles, tokenize_articles
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2, pretrain_tiny_lm

@@ -105,6 +105,9 @@ def student_vocabulary(args, model, tokenizer, teacher_dir: str):
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
+    """The study's data and model, loaded and checked before anything is written (smoke-test
+    artefacts go to ``scratch``), and what the plan prints. Long (60-80 lines) but one
+    sequence: each check needs what the one before it loaded."""
     import torch
 
     from models.data.classification import tokenize_splits

@@ -44,6 +44,9 @@ def parser():
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
+    """The study's data and model, loaded and checked before anything is written (smoke-test
+    artefacts go to ``scratch``), and what the plan prints. Long (60-80 lines) but one
+    sequence: each check needs what the one before it loaded."""
     from models.data.classification import tokenize_splits
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2

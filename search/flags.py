@@ -64,6 +64,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The flags every command shares, in --help's groups. Long (~100 lines) but flat: one
+    ``add_argument`` per flag, kept together so --help and this list read the same."""
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=_HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true",
