@@ -124,7 +124,7 @@ def _callbacks(budget: int):
 
 def run_one(args, data, searcher: str, scheduler: str, seed: int, root: Path) -> list[dict]:
     from models.registry import get_study
-    from search.cola_kd import NO_KD
+    from spaces.cola_kd import NO_KD
     from search.checks import search_metric
     from search.sweep import SweepPlan, build_tuner
 

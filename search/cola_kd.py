@@ -23,12 +23,11 @@ from models.errors import InputError  # noqa: E402
 from search.cli import copy_tree, run  # noqa: E402
 from search.prepared import Prepared, Variant  # noqa: E402
 from search.flags import add_cola_arguments, base_parser, load_cola_splits  # noqa: E402
+from spaces.cola_kd import NO_KD  # noqa: E402
 from spaces.dims import Fixed  # noqa: E402
 
 STUDY = "cola_kd"
 SCRATCH = "-scratch"
-# kd_fraction = 1 is plain cross-entropy; the temperature then has no effect, so it is fixed.
-NO_KD = {"kd_fraction": Fixed(1.0), "kd_temperature": Fixed(1.0)}
 
 
 def parser():
