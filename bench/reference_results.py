@@ -233,7 +233,7 @@ def kd_section(exp: Path, model_name: str = "the base model") -> list[str]:
         mean = lambda v: sum(v) / len(v)  # noqa: E731
         var = lambda v: sum((x - mean(v)) ** 2 for x in v) / max(len(v) - 1, 1)  # noqa: E731
         gain, sd = mean(a) - mean(b), math.sqrt((var(a) + var(b)) / 2)
-        from search.cola_kd import kd_verdict
+        from results.comparison import kd_verdict
 
         lines += ["", f"KD gain in dev MCC {gain:+.4f}; pooled seed sd {sd:.4f} "
                   f"(n={len(a)} and {len(b)} seeds): {kd_verdict(gain, sd)}."]

@@ -1,5 +1,6 @@
-"""Charts of a command's comparison table (``comparison.csv``: one row per method or model,
-``<col>_mean`` / ``<col>_sd`` / ``n_seeds``): drawn by the summarization command and again by
+"""A command's comparison table (``comparison.csv``: one row per method or model,
+``<col>_mean`` / ``<col>_sd`` / ``n_seeds``) and its charts: the summarization methods side by
+side, teacher and students with the distillation verdict; drawn by the commands and again by
 the report. ROUGE-1/2/L share one grouped chart, so that equal scores read as equal bars
 rather than as two identical charts."""
 from __future__ import annotations
@@ -180,4 +181,44 @@ def compare_methods(experiments: list[tuple[str, Path, list[str]]], out_dir: Pat
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         print(show.to_string(index=False), flush=True)
     print(f"table: {out_dir / 'comparison.csv'}; charts: {', '.join(charts)}", flush=True)
+    return table
+
+
+def kd_verdict(gain: float, sd: float) -> str:
+    """Better, worse or within noise: the KD student's mean MCC against the scratch student's,
+    in units of their pooled seed standard deviation."""
+    if math.isnan(sd):
+        return "no seed spread to judge by (one seed each)"
+    if gain > 2 * sd:
+        return "the KD student is better (the gain exceeds 2 pooled sd)"
+    if gain < -2 * sd:
+        return "the KD student is worse (the loss exceeds 2 pooled sd)"
+    return "within noise (|gain| <= 2 pooled sd)"
+
+
+def distillation_table(rows: list[dict], out_dir: Path, *, split: str) -> pd.DataFrame:
+    """Teacher and students side by side (``rows``: model, n_seeds, dev accuracy and MCC mean
+    and sd, params, size_mb, cpu_sentences_per_s, agreement), written to
+    ``out_dir/comparison.csv`` and printed, with the KD gain in dev MCC against the scratch
+    student judged by their pooled seed sd."""
+    table = pd.DataFrame(rows)
+    table.to_csv(out_dir / "comparison.csv", index=False)
+    from results.tables import mean_sd
+
+    show = table[["model", "n_seeds", "params", "size_mb", "cpu_sentences_per_s",
+                  "agreement"]].copy()
+    for c in ("dev_mcc", "dev_accuracy"):  # inserted in front of each other: accuracy first
+        show.insert(2, c, [mean_sd(m, s) for m, s in zip(table[f"{c}_mean"], table[f"{c}_sd"])])
+    print(f"\n== Teacher vs students on {split} (students: best configuration, mean ± sd over "
+          "seeds, last epoch)", flush=True)
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        print(show.to_string(index=False), flush=True)
+    kd_row = next((r for r in rows if r["model"] == "KD student"), None)
+    sc_row = next((r for r in rows if r["model"] == "scratch student"), None)
+    if kd_row and sc_row:
+        gain = kd_row["dev_mcc_mean"] - sc_row["dev_mcc_mean"]
+        sd = math.sqrt((kd_row["dev_mcc_sd"] ** 2 + sc_row["dev_mcc_sd"] ** 2) / 2)
+        print(f"KD gain in dev MCC: {gain:+.4f}; pooled seed sd {sd:.4f}: "
+              f"{kd_verdict(gain, sd)}", flush=True)
+    print(f"table: {out_dir / 'comparison.csv'}", flush=True)
     return table

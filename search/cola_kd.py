@@ -12,7 +12,6 @@ retrained with seeds and compared on GLUE dev with the same student trained from
 The teacher runs once, up front, over every sentence; trials receive its logits."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -226,21 +225,10 @@ def cpu_throughput(model, ids, pad_id: int, batch_size: int = 64) -> float:
         return len(ids) / (time.perf_counter() - t0)
 
 
-def kd_verdict(gain: float, sd: float) -> str:
-    """Better, worse or within noise: the KD student's mean MCC against the scratch student's,
-    in units of their pooled seed standard deviation."""
-    if math.isnan(sd):
-        return "no seed spread to judge by (one seed each)"
-    if gain > 2 * sd:
-        return "the KD student is better (the gain exceeds 2 pooled sd)"
-    if gain < -2 * sd:
-        return "the KD student is worse (the loss exceeds 2 pooled sd)"
-    return "within noise (|gain| <= 2 pooled sd)"
-
-
 def compare(outcomes, kd) -> None:
-    """One table: teacher, best KD student, best scratch student on GLUE dev."""
-    import pandas as pd
+    """One table: teacher, best KD student, best scratch student on GLUE dev (each student
+    loaded and timed on the CPU here; the table is results.comparison's)."""
+    from results.comparison import distillation_table
 
     t = kd.teacher
     rows = [{"model": f"teacher ({t['kind']})", "n_seeds": 1,
@@ -257,28 +245,8 @@ def compare(outcomes, kd) -> None:
         row, student = _student_row(label, plan, summary)
         row["cpu_sentences_per_s"] = cpu_throughput(student, dev_ids, kd.cola.pad_token_id)
         rows.append(row)
-    table = pd.DataFrame(rows)
-    out_dir = outcomes[0][0].exp_dir
-    table.to_csv(out_dir / "comparison.csv", index=False)
-    from results.tables import mean_sd
-
-    show = table[["model", "n_seeds", "params", "size_mb", "cpu_sentences_per_s",
-                  "agreement"]].copy()
-    for c in ("dev_mcc", "dev_accuracy"):  # inserted in front of each other: accuracy first
-        show.insert(2, c, [mean_sd(m, s) for m, s in zip(table[f"{c}_mean"], table[f"{c}_sd"])])
     split = ("the generated dev set" if kd.cola.origin.startswith("generated") else "GLUE dev")
-    print(f"\n== Teacher vs students on {split} (students: best configuration, mean ± sd over "
-          "seeds, last epoch)", flush=True)
-    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
-        print(show.to_string(index=False), flush=True)
-    kd_row = next((r for r in rows if r["model"] == "KD student"), None)
-    sc_row = next((r for r in rows if r["model"] == "scratch student"), None)
-    if kd_row and sc_row:
-        gain = kd_row["dev_mcc_mean"] - sc_row["dev_mcc_mean"]
-        sd = math.sqrt((kd_row["dev_mcc_sd"] ** 2 + sc_row["dev_mcc_sd"] ** 2) / 2)
-        print(f"KD gain in dev MCC: {gain:+.4f}; pooled seed sd {sd:.4f}: "
-              f"{kd_verdict(gain, sd)}", flush=True)
-    print(f"table: {out_dir / 'comparison.csv'}", flush=True)
+    distillation_table(rows, outcomes[0][0].exp_dir, split=split)
 
 
 def main(argv=None) -> int:

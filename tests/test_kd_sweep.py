@@ -117,7 +117,7 @@ def test_kd_bad_input(case, tmp_path, three_label_teacher, other_tokenizer, tiny
 
 
 def test_kd_verdict_says_better_worse_or_within_noise():
-    from search.cola_kd import kd_verdict
+    from results.comparison import kd_verdict
 
     assert "better" in kd_verdict(0.10, 0.02)
     assert "worse" in kd_verdict(-0.1791, 0.0278)  # the case that read as "no difference"
