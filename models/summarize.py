@@ -256,3 +256,14 @@ def setup(cfg: SummarizeConfig, data: SumData, device, *,
         info=count_parameters(model), grad_accum=cfg.grad_accum, patience=cfg.patience,
         keep_best=True, final_evaluate=final_evaluate if cfg.stage == "retrain" else None,
     )
+
+
+def make_setup(build_model: Callable) -> Callable:
+    """A method's ``setup(cfg, data, device)``: this module's setup with the method's
+    ``build_model(cfg, data)``."""
+
+    def method_setup(cfg, data, device):
+        return setup(cfg, data, device, build_model=build_model)
+
+    return method_setup
+

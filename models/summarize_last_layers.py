@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from models.config import require
 from models.errors import InputError
-from models.summarize import SummarizeConfig, load_causal_lm, setup as summarize_setup
+from models.summarize import SummarizeConfig, load_causal_lm, make_setup
 
 # (blocks, final norm) attribute paths of common decoder-only architectures.
 LAYOUTS = (("transformer.h", "transformer.ln_f"),  # GPT-2, GPT-J, Falcon
@@ -80,7 +80,4 @@ def trainable_counts(space: dict, meta, **_) -> list[tuple[str, int]]:
     return out
 
 
-def setup(cfg, data, device):
-    """The trial harness's setup for this method (``models.summarize.setup`` with this
-    method's model)."""
-    return summarize_setup(cfg, data, device, build_model=build_model)
+setup = make_setup(build_model)  # the trial harness's setup for this method

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from models.errors import InputError
 from models.lora import add_lora, validate_lora_fields
-from models.summarize import SummarizeConfig, load_causal_lm, setup as summarize_setup
+from models.summarize import SummarizeConfig, load_causal_lm, make_setup
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,4 @@ def trainable_counts(space: dict, meta, *, model_dir: str, target_modules=None,
     return out
 
 
-def setup(cfg, data, device):
-    """The trial harness's setup for this method (``models.summarize.setup`` with this
-    method's model)."""
-    return summarize_setup(cfg, data, device, build_model=build_model)
+setup = make_setup(build_model)  # the trial harness's setup for this method

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.config import require
-from models.summarize import SummarizeConfig, load_causal_lm, setup as summarize_setup
+from models.summarize import SummarizeConfig, load_causal_lm, make_setup
 
 DEFAULT_INIT_TEXT = "Summarize the following news article in a few sentences:"
 
@@ -43,7 +43,4 @@ def trainable_counts(space: dict, meta, *, hidden_size: int, **_) -> list[tuple[
             for n in sorted(space["num_virtual_tokens"].edges())]
 
 
-def setup(cfg, data, device):
-    """The trial harness's setup for this method (``models.summarize.setup`` with this
-    method's model)."""
-    return summarize_setup(cfg, data, device, build_model=build_model)
+setup = make_setup(build_model)  # the trial harness's setup for this method
