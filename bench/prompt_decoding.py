@@ -35,7 +35,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     import torch
 
-    from models.data.cnndm import load_cnndm_dir, prompt_batches, tokenize_articles
+    from models.data.cnndm import SEPARATOR, load_cnndm_dir, prompt_batches, tokenize_articles
     from models.hf import load_tokenizer, resolve_model
     from models.summarize import generate_ids
     from models.summarize_prompt import SumPromptConfig, build_model
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
                  build_tiny_gpt2(Path(tmp) / "tiny", [a for a, _ in articles.train], seed=0,
                                  n_positions=1024))
     tok = load_tokenizer(model_dir)
-    data = tokenize_articles(articles, tok, separator=" TL;DR: ",
+    data = tokenize_articles(articles, tok, separator=SEPARATOR,
                              max_source_tokens=args.max_source_tokens,
                              max_target_tokens=args.max_target_tokens,
                              rouge_samples=args.articles, seed=0)

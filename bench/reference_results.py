@@ -133,7 +133,7 @@ def summarization_baselines(args, budget: dict) -> list[dict]:
     decoding as the retrains) on the test articles the summarization retrains are scored on."""
     import torch
 
-    from models.data.cnndm import load_cnndm_dir, tokenize_articles
+    from models.data.cnndm import SEPARATOR, load_cnndm_dir, tokenize_articles
     from models.hf import count_parameters, load_tokenizer, resolve_model
     from models.summarize import (generate_summaries, load_causal_lm, rouge, summaries_jsonl,
                                   token_weighted_loss)
@@ -146,7 +146,7 @@ def summarization_baselines(args, budget: dict) -> list[dict]:
              **{f"test_{k}": v for k, v in rouge([lead3(a) for a, _ in test], refs).items()}}]
     model_dir = resolve_model(args.model, flag="--model")
     tok = load_tokenizer(model_dir)
-    data = tokenize_articles(articles, tok, separator=" TL;DR: ",
+    data = tokenize_articles(articles, tok, separator=SEPARATOR,
                              max_source_tokens=budget["max_source_tokens"],
                              max_target_tokens=budget["max_target_tokens"],
                              rouge_samples=n, seed=args.seed)

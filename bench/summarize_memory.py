@@ -45,7 +45,7 @@ def child(args) -> None:
 
     import torch
 
-    from models.data.cnndm import load_cnndm_dir, lm_batches, tokenize_articles
+    from models.data.cnndm import SEPARATOR, load_cnndm_dir, lm_batches, tokenize_articles
     from models.hf import count_parameters, load_tokenizer
     from models.summarize import summary_loss
     from search.memory import estimate, model_shape
@@ -53,7 +53,7 @@ def child(args) -> None:
     head, ckpt = VARIANTS[args.child]
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.model)
-    data = tokenize_articles(load_cnndm_dir(args.data_dir, seed=0), tok, separator=" TL;DR: ",
+    data = tokenize_articles(load_cnndm_dir(args.data_dir, seed=0), tok, separator=SEPARATOR,
                              max_source_tokens=args.max_source_tokens,
                              max_target_tokens=args.max_target_tokens, rouge_samples=0, seed=0)
     if args.method == "lora":

@@ -261,7 +261,7 @@ def student_epoch(data, args, *, packed: bool, group: bool) -> float:
 
 def summarize_parts(args, tmp: Path):
     """SumData and a causal LM for the summarization section (tiny GPT-2 by default)."""
-    from models.data.cnndm import load_cnndm_dir, synthetic_articles, tokenize_articles
+    from models.data.cnndm import SEPARATOR, load_cnndm_dir, synthetic_articles, tokenize_articles
     from models.hf import load_tokenizer
 
     arts = (load_cnndm_dir(args.cnndm_dir, seed=0) if args.cnndm_dir
@@ -271,10 +271,10 @@ def summarize_parts(args, tmp: Path):
         from models.tiny import build_tiny_gpt2
 
         texts = [a for a, _ in arts.train] + [h for _, h in arts.train]
-        model = build_tiny_gpt2(tmp / "tiny-lm", texts + [" TL;DR: "] * 20, vocab_size=600,
+        model = build_tiny_gpt2(tmp / "tiny-lm", texts + [SEPARATOR] * 20, vocab_size=600,
                                 n_layer=2, n_embd=64, n_head=2, n_positions=512)
     tok = load_tokenizer(model)
-    data = tokenize_articles(arts, tok, separator=" TL;DR: ", max_source_tokens=args.sum_source,
+    data = tokenize_articles(arts, tok, separator=SEPARATOR, max_source_tokens=args.sum_source,
                              max_target_tokens=64)
     return model, data
 

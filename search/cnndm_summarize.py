@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout, too
 
+from models.data.cnndm import SEPARATOR  # noqa: E402
 from models.errors import InputError  # noqa: E402
 from models.registry import get_study, summarization_methods  # noqa: E402
 from search.cli import copy_tree, run  # noqa: E402
@@ -54,7 +55,9 @@ def parser():
                    help="article tokens kept (default 512; 96 with --smoke-test)")
     g.add_argument("--max-target-tokens", type=positive_int, default=None,
                    help="summary tokens kept (default 128; 24 with --smoke-test)")
-    g.add_argument("--separator", default=" TL;DR: ", help="text between article and summary")
+    g.add_argument("--separator", default=SEPARATOR,
+                   help="text between article and summary (the summary follows after a space; "
+                        "the separator's trailing spaces are dropped)")
     g.add_argument("--max-eval-samples", type=positive_int, default=None,
                    help="seeded subset of the validation and test splits (quick runs)")
     g.add_argument("--rouge-samples", type=nonneg_int, default=None,
@@ -176,7 +179,8 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     """The study's data and model, loaded and checked before anything is written (smoke-test
     artefacts go to ``scratch``), and what the plan prints. Long (60-80 lines) but one
     sequence: each check needs what the one before it loaded."""
-    from models.data.cnndm import load_cnndm_dir, load_cnndm_hub, synthetic_articles, tokenize_articles
+    from models.data.cnndm import (load_cnndm_dir, load_cnndm_hub, separator_ids,
+                                   synthetic_articles, tokenize_articles)
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2, pretrain_tiny_lm
 
@@ -185,6 +189,9 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             setattr(args, k, v)
     if not args.prompt_init_text.strip():
         raise InputError("--prompt-init-text: must not be empty")
+    if not args.separator.strip():
+        raise InputError(f"--separator {args.separator!r}: must hold more than spaces (the "
+                         "text the model reads between article and summary)")
     if args.data_dir:
         articles = load_cnndm_dir(args.data_dir, seed=args.seed,
                                   max_empty_fraction=args.max_empty_fraction)
@@ -209,7 +216,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     else:
         model = tok_dir = resolve_model(args.model or "gpt2")
     tokenizer = load_tokenizer(tok_dir)
-    sep_tokens = len(tokenizer(args.separator, add_special_tokens=False)["input_ids"])
+    sep_tokens = len(separator_ids(tokenizer, args.separator))
     counts, sizes = check_model_fits(args, tok_dir, sep_tokens)
     if pretrain:
         pretrain()

@@ -194,3 +194,14 @@ def test_unknown_adapter_method_exits_2(tmp_path, monkeypatch, capsys):
     assert r.returncode == 2
     assert "--method" in r.stderr and "'adapters'" in r.stderr and "ia3" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_blank_separator_exits_2(tmp_path, monkeypatch, capsys):
+    from conftest import REPO
+
+    r = run_main(REPO / "search" / "cnndm_summarize.py",
+                 ["--smoke-test", "--separator", "   ", "--storage-path",
+                  str(tmp_path / "runs")], tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and not r.ray_started
+    assert "--separator '   '" in r.stderr and "more than spaces" in r.stderr
+    assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ from models.errors import InputError
 from models.loop import LoopState, train_loop
 
 SHARED_CNNDM = REPO.parent / "shared" / "data" / "cnn_dailymail"
-SEP = " TL;DR: "
+SEP = " TL;DR: "  # a trailing space, as a user may type it: dropped
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,8 @@ def test_labels_cover_summary_tokens_only(tok, data):
     ex = encode_example(tok, article, summary, separator=SEP, max_source_tokens=40,
                         max_target_tokens=12)
     src = tok(article, add_special_tokens=False)["input_ids"][:40]
-    sep = tok(SEP, add_special_tokens=False)["input_ids"]
+    sep = tok(SEP.rstrip(" "), add_special_tokens=False)["input_ids"]
+    assert tok.decode(sep) == " TL;DR:"
     tgt = tok(" " + summary, add_special_tokens=False)["input_ids"][:12]
     assert ex.prompt_len == len(src) + len(sep)
     assert ex.input_ids.tolist() == src + sep + tgt + [tok.eos_token_id]

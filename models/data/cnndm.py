@@ -7,7 +7,7 @@ through ``tune.with_parameters``.
 
 Format of one training example (token ids)::
 
-    article[:max_source_tokens] + separator + summary[:max_target_tokens] + EOS
+    article[:max_source_tokens] + separator + " " + summary[:max_target_tokens] + EOS
 
 Labels copy the ids on the summary and its EOS and are -100 (ignored) on the article, the
 separator and padding, so the loss covers summary tokens only.
@@ -172,10 +172,22 @@ class SumData:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
 
 
+# The default text between article and summary (the summary follows after a space).
+SEPARATOR = " TL;DR:"
+
+
+def separator_ids(tokenizer, separator: str) -> list[int]:
+    """The separator's tokens, trailing spaces dropped: the summary brings its own leading
+    space (" " + summary), as BPE vocabularies (GPT-2's, Llama's) put a word's space in the
+    word's token. A prompt that ends in a bare space token is one such a model rarely saw
+    before a word: the untuned SmolLM2 then began its summaries with digits and dates."""
+    return tokenizer(separator.rstrip(" "), add_special_tokens=False)["input_ids"]
+
+
 def encode_example(tokenizer, article: str, summary: str, *, separator: str,
                    max_source_tokens: int, max_target_tokens: int) -> Example:
     src = tokenizer(article, add_special_tokens=False)["input_ids"][:max_source_tokens]
-    sep = tokenizer(separator, add_special_tokens=False)["input_ids"]
+    sep = separator_ids(tokenizer, separator)
     tgt = tokenizer(" " + summary.strip(), add_special_tokens=False)["input_ids"][:max_target_tokens]
     ids = np.asarray(src + sep + tgt + [tokenizer.eos_token_id], dtype=np.int64)
     return Example(ids, len(src) + len(sep))
