@@ -187,8 +187,10 @@ def cola_section(exp: Path) -> list[str]:
     import numpy as np
 
     best = best_runs(exp)
-    cfg = {c: best[c].iloc[0] for c in best if c.startswith("lora_")
-           or c in ("learning_rate", "batch_size", "weight_decay")}
+    # (experiments recorded before the tables were tidied name them config/<name>)
+    cfg = {c.removeprefix("config/"): best[c].iloc[0] for c in best
+           if c.removeprefix("config/").startswith("lora_")
+           or c.removeprefix("config/") in ("learning_rate", "batch_size", "weight_decay")}
     lines = ["### CoLA + LoRA (GLUE dev; selection on a held-out slice of train)", "",
              "| model | split | accuracy | MCC |", "| --- | --- | --- | --- |"]
     for split, label in (("dev", "dev (all)"), ("dev_in", "in-domain"), ("dev_out", "out-of-domain")):
