@@ -11,6 +11,7 @@ reported) is FAIL."""
 from __future__ import annotations
 
 import math
+import time
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
@@ -23,11 +24,21 @@ from search.redact import real_optuna_url, redact_url, register_optuna_url
 class SafeRDBStorage(RDBStorage):
     """Optuna's RDB storage whose pickled state (Tune pickles the searcher, with its study and
     storage, into ``searcher-state-*.pkl`` and ``tuner.pkl``) holds the redacted URL only;
-    unpickled, it takes the real URL from ``search.redact`` (the flag given again)."""
+    unpickled, it takes the real URL from ``search.redact`` (the flag given again). Opening
+    it survives another sweep creating an empty database's tables at the same moment."""
 
     def __init__(self, url: str, **kwargs):
         register_optuna_url(url)
-        super().__init__(url, **kwargs)
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                super().__init__(url, **kwargs)
+                return
+            except Exception as e:  # noqa: BLE001  (only the race below is retried)
+                if attempt == SCHEMA_TRIES - 1 or not _schema_race(e):
+                    raise
+                if getattr(self, "engine", None) is not None:
+                    self.engine.dispose()
+                time.sleep(0.2 * (attempt + 1))
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -36,6 +47,22 @@ class SafeRDBStorage(RDBStorage):
 
     def __setstate__(self, state):
         super().__setstate__({**state, "url": real_optuna_url(state["url"])})
+
+
+SCHEMA_TRIES = 5
+
+
+def _schema_race(e: Exception) -> bool:
+    """Two sweeps started at once on an empty database both create Optuna's tables: the
+    database serializes the two CREATEs on its catalog and the later one fails with a
+    duplicate key (PostgreSQL) or "already exists" once the first commits. Optuna's
+    ``create_all`` checks what exists first, so trying again after the other's commit
+    creates only what is still missing (nothing), and inserts no second version row."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    text = str(getattr(e, "orig", e)).lower()
+    return (isinstance(e, (IntegrityError, ProgrammingError, OperationalError))
+            and ("already exists" in text or "duplicate key" in text))
 
 
 def _finite(v) -> bool:

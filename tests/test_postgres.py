@@ -1,6 +1,7 @@
 """A live PostgreSQL server as the Optuna storage (tests/postgres.py starts one): a sweep's
-study read back with Optuna, two sweeps at once in one database, and the server killed
-during a sweep (a clear failure naming the storage, then --resume after a restart)."""
+study read back with Optuna, two sweeps at once in one database (and, made certain, the race
+of their creating its tables), and the server killed during a sweep (a clear failure naming
+the storage, then --resume after a restart)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,51 @@ def _study(url, exp):
 
     record = json.loads((exp / "experiment.json").read_text())
     return optuna.load_study(study_name=record["optuna_study"], storage=url)
+
+
+def test_storage_opens_while_another_sweep_creates_the_tables(pg):
+    """The race two sweeps started at once on an empty database run into, made certain: the
+    other sweep's table creation is held open (uncommitted) while ours starts; ours blocks on
+    the catalog, fails with a duplicate key when the other commits, and must then open."""
+    import threading
+
+    import optuna
+    from optuna.storages._rdb import models
+    from sqlalchemy import create_engine, text
+
+    from search.optuna_search import SafeRDBStorage
+
+    pg.create_database("race")
+    url = pg.url("race")
+    other = create_engine(url)
+    opened: list = []
+
+    def ours():
+        try:
+            opened.append(SafeRDBStorage(url))
+        except Exception as e:  # noqa: BLE001  (the assertion below shows it)
+            opened.append(e)
+
+    with other.begin() as conn:
+        models.BaseModel.metadata.create_all(conn)
+        thread = threading.Thread(target=ours)
+        thread.start()
+        deadline = time.time() + 30
+        waiting = 0
+        while not waiting and time.time() < deadline:  # ours is blocked on the other's locks
+            # From another connection: inside a transaction pg_stat_activity is one snapshot.
+            with other.connect() as watch:
+                waiting = watch.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = 'race' "
+                    "AND wait_event_type = 'Lock'")).scalar()
+            time.sleep(0.05)
+        assert waiting, "our storage never waited on the other sweep's table creation"
+    thread.join(60)
+    other.dispose()
+    assert len(opened) == 1 and isinstance(opened[0], SafeRDBStorage), opened
+    study = optuna.create_study(study_name="after-race", storage=opened[0])
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="after-race", storage=url).trials) == 2
 
 
 @pytest.mark.slow
