@@ -55,6 +55,10 @@ def parse_args(argv=None):
                    help="stratified subset of the training set (the rest of CoLA is unused)")
     p.add_argument("--budget", type=int, default=48, help="trial-epochs per run")
     p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--grace-period", type=int, default=1,
+                   help="ASHA's and the median rule's grace period, in epochs (the sweeps' "
+                        "default: 1); the early-signal table printed at the end shows what "
+                        "each epoch's score says about a trial's final best")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cpus", type=int, default=2, help="trials at a time, one CPU each")
     p.add_argument("--pairs", default="all",
@@ -138,7 +142,8 @@ def run_one(args, data, searcher: str, scheduler: str, seed: int, root: Path) ->
         # Random search runs exactly budget / max_epochs full trials; the others as many as
         # fit in the budget (the stopper ends them).
         num_samples=args.budget // args.max_epochs if full else args.budget,
-        max_epochs=args.max_epochs, grace_period=1, reduction_factor=2, seed=seed,
+        max_epochs=args.max_epochs, grace_period=args.grace_period, reduction_factor=2,
+        seed=seed,
         startup_trials=args.startup_trials,
         cpus_per_trial=1, gpus_per_trial=0, concurrency=args.cpus, retrain_top_k=0,
         retrain_seeds=1, searcher=searcher, scheduler=scheduler, metric=metric, mode=mode)
@@ -200,7 +205,27 @@ def plot(curves_by_pair, path: Path, n_repeats: int, budget: int) -> None:
     plt.close(fig)
 
 
-def summarize(runs, budget: int, n_repeats: int) -> float:
+def early_signal(runs, max_epochs: int):
+    """How much a scheduler cutting at epoch e knows: over the reference's trials (random
+    search, no scheduler) that trained all ``max_epochs``, the Spearman rank correlation of each
+    epoch's selection AUC and MCC with the trial's best selection MCC.
+    -> DataFrame(epoch, n, auc, mcc), one row per epoch before the last."""
+    import pandas as pd
+
+    ref = runs[(runs.searcher == REFERENCE[0]) & (runs.scheduler == REFERENCE[1])]
+    keys = ["seed", "trial_id"]
+    by_trial = ref.groupby(keys)
+    best = by_trial["val_mcc"].max()[by_trial["epoch"].max() == max_epochs]
+    rows = []
+    for e in range(1, max_epochs):
+        at = ref[ref["epoch"] == e].set_index(keys).reindex(best.index)
+        rows.append({"epoch": e, "n": len(best),
+                     "auc": at["val_auc"].corr(best, method="spearman"),
+                     "mcc": at["val_mcc"].corr(best, method="spearman")})
+    return pd.DataFrame(rows, columns=["epoch", "n", "auc", "mcc"])
+
+
+def summarize(runs, budget: int, n_repeats: int, max_epochs: int) -> float:
     by_pair = curves(runs)
     finals = runs.sort_values("trial_epochs").groupby(["searcher", "scheduler", "seed"]).last()
     print(f"\nfinal best selection MCC after {budget} trial-epochs (mean ± sd over "
@@ -218,6 +243,12 @@ def summarize(runs, budget: int, n_repeats: int) -> float:
           f"{ref.groupby(['seed', 'trial_id'])['val_mcc'].agg(lambda v: (v != 0).any()).mean():.2f}"
           f" by their last "
           f"epoch (n = {len(first)} trials)")
+    signal = early_signal(runs, max_epochs)
+    print(f"\nthe early signal: Spearman correlation of each epoch's selection score with the "
+          f"trial's best selection MCC (random search's trials that ran all {max_epochs} "
+          f"epochs, n = {signal['n'].iloc[0] if len(signal) else 0}):")
+    for r in signal.itertuples():
+        print(f"  epoch {r.epoch}: auc {r.auc:+.2f}  mcc {r.mcc:+.2f}")
     target = by_pair[REFERENCE]["mean"].iloc[-1] - TOLERANCE
     print(f"\nrandom search's mean final best: {target + TOLERANCE:.4f}; "
           f"target (within {TOLERANCE}): {target:.4f}")
@@ -243,7 +274,8 @@ def main(argv=None) -> None:
     data = load_data(args)
     print(f"data: {data.cola.meta}; budget {args.budget} trial-epochs, max {args.max_epochs} "
           f"epochs, {args.repeats} repeats, {len(args.pairs)} pairs, {args.cpus} trials at a time, "
-          f"{args.startup_trials} random start-up trials (tpe, gp, cmaes)",
+          f"{args.startup_trials} random start-up trials (tpe, gp, cmaes), grace period "
+          f"{args.grace_period}",
           flush=True)
     import optuna
 
@@ -265,7 +297,7 @@ def main(argv=None) -> None:
         ray.shutdown()
     runs = pd.DataFrame(rows)
     plot(curves(runs), out / "search_efficiency.png", args.repeats, args.budget)
-    share = summarize(runs, args.budget, args.repeats)
+    share = summarize(runs, args.budget, args.repeats, args.max_epochs)
     print(f"\nwrote {out / 'runs.csv'} and {out / 'search_efficiency.png'} "
           f"({time.time() - t0:.0f} s)")
     print(f"TPE + ASHA reaches random search's final best (within {TOLERANCE} MCC) at "

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from search_efficiency import curves, share_to_reach  # noqa: E402
+from search_efficiency import curves, early_signal, share_to_reach  # noqa: E402
 
 
 def rows(searcher, scheduler, seed, values):
@@ -37,3 +37,23 @@ def test_curves_and_share():
     assert share_to_reach(tpe, target, 4) == 0.75
     assert share_to_reach(ref, target, 4) == 1.0
     assert share_to_reach(ref, 0.9, 4) == math.inf
+
+
+def test_early_signal_ranks_each_epoch_against_the_final_best():
+    """Random search's full trials only: epoch 1's AUC orders the trials as their best MCC
+    does (+1), epoch 1's MCC in reverse (-1); a trial cut short by a scheduler is left out."""
+    trials = {"a": ([0.6, 0.7], [0.1, 0.05]), "b": ([0.7, 0.8], [0.05, 0.2]),
+              "c": ([0.8, 0.9], [0.0, 0.4])}  # best MCC: a 0.1 < b 0.2 < c 0.4
+    out = []
+    for tid, (aucs, mccs) in trials.items():
+        for e, (auc, mcc) in enumerate(zip(aucs, mccs), start=1):
+            out.append({"searcher": "random", "scheduler": "none", "seed": 0, "trial_id": tid,
+                        "epoch": e, "val_auc": auc, "val_mcc": mcc})
+    out.append({"searcher": "random", "scheduler": "none", "seed": 0, "trial_id": "cut",
+                "epoch": 1, "val_auc": 0.99, "val_mcc": 0.9})
+    out.append({"searcher": "tpe", "scheduler": "asha", "seed": 0, "trial_id": "a",
+                "epoch": 1, "val_auc": 0.1, "val_mcc": 0.9})
+    signal = early_signal(pd.DataFrame(out), max_epochs=2)
+    assert list(signal["epoch"]) == [1] and list(signal["n"]) == [3]
+    assert signal["auc"].iloc[0] == pytest.approx(1.0)
+    assert signal["mcc"].iloc[0] == pytest.approx(-1.0)
