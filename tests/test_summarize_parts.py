@@ -107,6 +107,9 @@ def test_labels_cover_summary_tokens_only(tok, data):
     tgt = tok(" " + summary, add_special_tokens=False)["input_ids"][:12]
     assert ex.prompt_len == len(src) + len(sep)
     assert ex.input_ids.tolist() == src + sep + tgt + [tok.eos_token_id]
+    pretokenized = encode_example(tok, article, summary, separator=sep, max_source_tokens=40,
+                                  max_target_tokens=12)  # as tokenize_articles passes it
+    assert pretokenized.input_ids.tolist() == ex.input_ids.tolist()
 
     examples = data.train[:5]
     batch = next(lm_batches(examples, batch_size=5, pad_id=tok.pad_token_id))

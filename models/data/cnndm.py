@@ -184,10 +184,11 @@ def separator_ids(tokenizer, separator: str) -> list[int]:
     return tokenizer(separator.rstrip(" "), add_special_tokens=False)["input_ids"]
 
 
-def encode_example(tokenizer, article: str, summary: str, *, separator: str,
+def encode_example(tokenizer, article: str, summary: str, *, separator: str | list[int],
                    max_source_tokens: int, max_target_tokens: int) -> Example:
+    """``separator``: its text, or its ``separator_ids`` (tokenized once for many articles)."""
     src = tokenizer(article, add_special_tokens=False)["input_ids"][:max_source_tokens]
-    sep = separator_ids(tokenizer, separator)
+    sep = separator_ids(tokenizer, separator) if isinstance(separator, str) else list(separator)
     tgt = tokenizer(" " + summary.strip(), add_special_tokens=False)["input_ids"][:max_target_tokens]
     ids = np.asarray(src + sep + tgt + [tokenizer.eos_token_id], dtype=np.int64)
     return Example(ids, len(src) + len(sep))
@@ -206,8 +207,9 @@ def tokenize_articles(articles: Articles, tokenizer, *, separator: str, max_sour
         keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=k, replace=False))
         return [rows[i] for i in keep]
 
+    sep = separator_ids(tokenizer, separator)
     enc = lambda rows: [encode_example(  # noqa: E731
-        tokenizer, a, s, separator=separator, max_source_tokens=max_source_tokens,
+        tokenizer, a, s, separator=sep, max_source_tokens=max_source_tokens,
         max_target_tokens=max_target_tokens) for a, s in rows]
     train = subset(articles.train, max_train_samples)
     val = subset(articles.validation, max_eval_samples)
