@@ -59,6 +59,12 @@ class Study:
     def default_search_metric(self) -> str:
         return next(iter(self.search_metrics), "")
 
+    def smoke_overrides(self, space_args: list[str]) -> list[str]:
+        """The smoke test's ``--space`` overrides for this study, less those whose dimension
+        the user's own ``space_args`` (``NAME=SPEC`` strings) name: the user's win."""
+        named = {x.split("=", 1)[0] for x in space_args}
+        return [x for x in self.smoke_space if x.split("=", 1)[0] not in named]
+
 
 # CoLA: MCC is 0 for every classifier that predicts one class, so early rungs of a sweep are
 # ties; the probability-based scores separate such trials (see README, "Choosing --metric").

@@ -100,8 +100,7 @@ def variants(args) -> dict:
         overrides = {}
         if args.smoke_test:  # the study's smoke-test dimensions, unless --space says otherwise
             study = get_study(METHODS[method])
-            mine = [x for x in study.smoke_space
-                    if not any(s.startswith(x.split("=", 1)[0] + "=") for s in args.space)]
+            mine = study.smoke_overrides(args.space)
             smoke = apply_space_overrides(study.space, mine, set(study.space))
             overrides = {x.split("=", 1)[0]: smoke[x.split("=", 1)[0]] for x in mine}
         out[f"-{method}"] = Variant(METHODS[method], overrides)

@@ -55,8 +55,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     study = get_study(f"cola_{args.method}")
     splits = load_cola_splits(args)
     if args.smoke_test:  # the study's smoke overrides, unless --space names the same dimension
-        mine = {x.split("=", 1)[0] for x in args.space}
-        args.space = [x for x in study.smoke_space if x.split("=", 1)[0] not in mine] + args.space
+        args.space = study.smoke_overrides(args.space) + args.space
     finalize = None
     if args.smoke_test and args.model is None:
         final = exp_dir / "smoke-model"

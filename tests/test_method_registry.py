@@ -45,3 +45,23 @@ def test_smoke_dimensions_come_from_the_space_module_and_yield_to_space_flags():
     args = script.parser().parse_args(["--smoke-test", "--method", "last-layers",
                                        "--space", "learning_rate=1e-4:1e-3"])
     assert set(script.variants(args)["-last-layers"].overrides) == {"n_last_layers"}
+
+
+def test_smoke_overrides_yield_to_the_users_space():
+    """One rule for both scripts: a study's smoke-test dimension applies unless --space names
+    the same dimension (CoLA prepends the rest to --space, summarization per method)."""
+    from models.registry import get_study
+    import search.cnndm_summarize as script
+
+    lora = get_study("cola_lora")
+    assert lora.smoke_space and lora.smoke_overrides([]) == list(lora.smoke_space)
+    assert lora.smoke_overrides(["learning_rate=1e-4:1e-3"]) == []
+    assert lora.smoke_overrides(["lora_r=4,8"]) == list(lora.smoke_space)
+    prompt = get_study("cnndm_prompt")
+    dim = prompt.smoke_space[0].split("=", 1)[0]
+    args = script.parser().parse_args(["--method", "prompt", "--smoke-test"])
+    assert set(script.variants(args)["-prompt"].overrides) == {
+        x.split("=", 1)[0] for x in prompt.smoke_space}
+    args = script.parser().parse_args(["--method", "prompt", "--smoke-test", "--space",
+                                       f"{dim}={prompt.smoke_space[0].split('=', 1)[1]}"])
+    assert dim not in script.variants(args)["-prompt"].overrides
