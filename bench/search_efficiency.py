@@ -59,6 +59,9 @@ def parse_args(argv=None):
                    help="ASHA's and the median rule's grace period, in epochs (the sweeps' "
                         "default: 1); the early-signal table printed at the end shows what "
                         "each epoch's score says about a trial's final best")
+    p.add_argument("--reduction-factor", type=float, default=2.0,
+                   help="ASHA's and HyperBand's reduction factor (the sweeps' default: 2; "
+                        "Ray's own ASHA default: 4)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cpus", type=int, default=2, help="trials at a time, one CPU each")
     p.add_argument("--pairs", default="all",
@@ -142,7 +145,8 @@ def run_one(args, data, searcher: str, scheduler: str, seed: int, root: Path) ->
         # Random search runs exactly budget / max_epochs full trials; the others as many as
         # fit in the budget (the stopper ends them).
         num_samples=args.budget // args.max_epochs if full else args.budget,
-        max_epochs=args.max_epochs, grace_period=args.grace_period, reduction_factor=2,
+        max_epochs=args.max_epochs, grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
         seed=seed,
         startup_trials=args.startup_trials,
         cpus_per_trial=1, gpus_per_trial=0, concurrency=args.cpus, retrain_top_k=0,
@@ -275,7 +279,7 @@ def main(argv=None) -> None:
     print(f"data: {data.cola.meta}; budget {args.budget} trial-epochs, max {args.max_epochs} "
           f"epochs, {args.repeats} repeats, {len(args.pairs)} pairs, {args.cpus} trials at a time, "
           f"{args.startup_trials} random start-up trials (tpe, gp, cmaes), grace period "
-          f"{args.grace_period}",
+          f"{args.grace_period}, reduction factor {args.reduction_factor:g}",
           flush=True)
     import optuna
 
