@@ -184,11 +184,10 @@ def separator_ids(tokenizer, separator: str) -> list[int]:
     return tokenizer(separator.rstrip(" "), add_special_tokens=False)["input_ids"]
 
 
-def encode_example(tokenizer, article: str, summary: str, *, separator: str | list[int],
+def encode_example(tokenizer, article: str, summary: str, *, sep: list[int],
                    max_source_tokens: int, max_target_tokens: int) -> Example:
-    """``separator``: its text, or its ``separator_ids`` (tokenized once for many articles)."""
+    """``sep``: the separator's ``separator_ids``, tokenized once for all articles."""
     src = tokenizer(article, add_special_tokens=False)["input_ids"][:max_source_tokens]
-    sep = separator_ids(tokenizer, separator) if isinstance(separator, str) else list(separator)
     tgt = tokenizer(" " + summary.strip(), add_special_tokens=False)["input_ids"][:max_target_tokens]
     ids = np.asarray(src + sep + tgt + [tokenizer.eos_token_id], dtype=np.int64)
     return Example(ids, len(src) + len(sep))
@@ -209,7 +208,7 @@ def tokenize_articles(articles: Articles, tokenizer, *, separator: str, max_sour
 
     sep = separator_ids(tokenizer, separator)
     enc = lambda rows: [encode_example(  # noqa: E731
-        tokenizer, a, s, separator=sep, max_source_tokens=max_source_tokens,
+        tokenizer, a, s, sep=sep, max_source_tokens=max_source_tokens,
         max_target_tokens=max_target_tokens) for a, s in rows]
     train = subset(articles.train, max_train_samples)
     val = subset(articles.validation, max_eval_samples)
