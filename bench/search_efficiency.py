@@ -17,7 +17,7 @@ final best (mean ± sd over repeats) and the share of random search's budget tha
 needs for its mean best-so-far to come within 0.01 MCC of random search's mean final best.
 Last line: that share.
 
-    python bench/search_efficiency.py --data-dir ../shared/data/cola_public --tokenizer DIR
+    python bench/search_efficiency.py --data-dir ../shared/data/cola_public --repeats 8
 
 ``--tokenizer``: any Hugging Face tokenizer directory (the student embeds its token ids); by
 default the all-MiniLM-L6-v2 package's, when installed.
@@ -53,12 +53,14 @@ def parse_args(argv=None):
                    help="tokenizer directory (default: all-MiniLM-L6-v2's, when installed)")
     p.add_argument("--train-samples", type=int, default=4000,
                    help="stratified subset of the training set (the rest of CoLA is unused)")
-    p.add_argument("--budget", type=int, default=48, help="trial-epochs per run")
-    p.add_argument("--max-epochs", type=int, default=4)
-    p.add_argument("--grace-period", type=int, default=1,
+    p.add_argument("--budget", type=int, default=128,
+                   help="trial-epochs per run (random search: budget / max-epochs trials)")
+    p.add_argument("--max-epochs", type=int, default=8,
+                   help="the GRU student still improves after 4 epochs (README)")
+    p.add_argument("--grace-period", type=int, default=2,
                    help="ASHA's and the median rule's grace period, in epochs (the sweeps' "
-                        "default: 1); the early-signal table printed at the end shows what "
-                        "each epoch's score says about a trial's final best")
+                        "default: 1; here 2: a student's epoch-1 score says little about its "
+                        "final best, see the early-signal table printed at the end)")
     p.add_argument("--reduction-factor", type=float, default=2.0,
                    help="ASHA's and HyperBand's reduction factor (the sweeps' default: 2; "
                         "Ray's own ASHA default: 4)")
