@@ -161,8 +161,10 @@ def fail_orphans(url: str, study_name: str, tune_ids: set[str]) -> tuple[int, in
     for t in running:
         storage.set_trial_user_attr(t._trial_id, "failed_because", ORPHAN_NOTE)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    # an orphan an earlier resume of the same sweep closed is FAIL (finished) now: not replaced
     replaced = [t for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and t._trial_id not in closed
+                and t.user_attrs.get("failed_because") != ORPHAN_NOTE
                 and t.user_attrs.get("tune_trial_id") not in (None, *tune_ids)]
     if running:
         print(f"Optuna study {study_name}: {len(running)} trial(s) asked before a hard kill and "

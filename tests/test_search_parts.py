@@ -48,6 +48,11 @@ def test_each_trial_end_reaches_optuna_as_what_it_was(tmp_path, capsys):
     assert "1 trial(s) asked before a hard kill" in out and "ran after Tune's last snapshot" in out
     orphan = optuna.load_study(study_name="s", storage=url).trials[3]
     assert orphan.state == States.FAIL and orphan.user_attrs["failed_because"] == ORPHAN_NOTE
+    # the sweep resumed once more (killed again in its retrain): the orphan closed above is
+    # neither closed again nor named as replaced; the replaced trial still is
+    assert fail_orphans(url, "s", {"done", "stopped", "failed"}) == (0, 1)
+    out = capsys.readouterr().out
+    assert "asked before a hard kill" not in out and "1 trial(s) (numbers 4)" in out
     assert fail_orphans(url, "no-such-study", set()) == (0, 0)
 
 
