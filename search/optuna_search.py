@@ -161,7 +161,9 @@ def fail_orphans(url: str, study_name: str, tune_ids: set[str]) -> tuple[int, in
     for t in running:
         storage.set_trial_user_attr(t._trial_id, "failed_because", ORPHAN_NOTE)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-    # an orphan an earlier resume of the same sweep closed is FAIL (finished) now: not replaced
+    # Not replaced: the orphans closed just now (``closed``: the study object may still hold
+    # them as read before the writes above) and those an earlier resume of the same sweep
+    # closed (FAIL, finished, with the note).
     replaced = [t for t in study.get_trials(deepcopy=False)
                 if t.state.is_finished() and t._trial_id not in closed
                 and t.user_attrs.get("failed_because") != ORPHAN_NOTE
