@@ -66,24 +66,13 @@ def draw(space: dict, n: int, seed: int) -> list[dict]:
 
 def run_config(job: tuple[int, dict, dict]) -> list[dict]:
     """Train one configuration as ``models.trial.run_trial`` does, minus Ray and checkpoints."""
-    import torch
-
     from models.cola_lora import ColaLoraConfig, setup
-    from models.dropout import use_cpu_dropout
-    from models.loop import build_optimizer, train_loop
-    from models.trial import seed_everything
 
     idx, sampled, fixed = job
     rows: list[dict] = []
     try:
         cfg = ColaLoraConfig(**fixed, **sampled)
-        torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        s = setup(cfg, DATA, torch.device("cpu"))
-        optimizer, scheduler = build_optimizer(
-            s.model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            total_steps=s.steps_per_epoch * cfg.max_epochs, warmup_ratio=cfg.warmup_ratio)
-        use_cpu_dropout(s.model)  # what a CPU sweep trial trains with
+        s, optimizer, scheduler = start_config(cfg, setup, DATA)
     except Exception as e:  # a bad draw must not end the benchmark
         print(f"config {idx:3d}: setup failed: {type(e).__name__}: {e}", flush=True)
         return [{"config": idx, **sampled, "epoch": 0, "failure": f"{type(e).__name__}: {e}"}]
@@ -100,12 +89,42 @@ def run_config(job: tuple[int, dict, dict]) -> list[dict]:
               f"alpha {cfg.lora_alpha:g}  epoch {g('epoch_s'):.1f}s  "
               f"wall {time.perf_counter() - T0:.0f}s", flush=True)
 
+    run_epochs(s, optimizer, scheduler, epochs=cfg.max_epochs, report=report)
+    return rows
+
+
+def start_config(cfg, setup_fn, data):
+    """A CPU sweep trial's start as ``models.trial.run_trial`` makes it (threads, seed, the
+    method's setup, optimizer and schedule over ``cfg.max_epochs``, CPU dropout), minus Ray
+    and checkpoints -> (TrialSetup, optimizer, scheduler)."""
+    import torch
+
+    from models.dropout import use_cpu_dropout
+    from models.loop import build_optimizer
+    from models.trial import seed_everything
+
+    torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    s = setup_fn(cfg, data, torch.device("cpu"))
+    optimizer, scheduler = build_optimizer(
+        s.model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        total_steps=s.steps_per_epoch * cfg.max_epochs, warmup_ratio=cfg.warmup_ratio)
+    use_cpu_dropout(s.model)  # what a CPU sweep trial trains with
+    return s, optimizer, scheduler
+
+
+def run_epochs(s, optimizer, scheduler, *, epochs: int, report) -> None:
+    """The shared training loop for ``epochs`` epochs on CPU, each epoch's metrics to
+    ``report(metrics, state)``."""
+    import torch
+
+    from models.loop import train_loop
+
     train_loop(model=s.model, optimizer=optimizer, scheduler=scheduler, loss_fn=s.loss_fn,
-               train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=cfg.max_epochs,
+               train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=epochs,
                best_metric=s.best_metric, mode=s.mode, report=report,
                device=torch.device("cpu"), grad_accum=s.grad_accum, patience=s.patience,
                keep_best=s.keep_best, track=s.track)
-    return rows
 
 
 def lr_bin(lr: float) -> tuple[float, str]:

@@ -33,7 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from space_coverage import draw, lr_bin, write_csv  # noqa: E402  (bench/, beside this file)
+# bench/space_coverage.py, beside this file
+from space_coverage import draw, lr_bin, run_epochs, start_config, write_csv  # noqa: E402
 
 DATA = None  # set in the parent before the fork, so workers share it without pickling
 T0 = time.perf_counter()
@@ -55,12 +56,7 @@ def untuned_loss(fixed: dict) -> float:
 def run_config(job: tuple) -> list[dict]:
     """Train one configuration as ``models.trial.run_trial`` does, minus Ray and checkpoints.
     Job ``(None, ...)`` measures the untuned model instead."""
-    import torch
-
-    from models.dropout import use_cpu_dropout
-    from models.loop import build_optimizer, train_loop
     from models.registry import get_study
-    from models.trial import seed_everything
 
     study_name, idx, sampled, fixed, epochs = job
     if study_name is None:
@@ -71,13 +67,7 @@ def run_config(job: tuple) -> list[dict]:
     try:
         names = study.config_cls.field_names()
         cfg = study.config_cls(**{k: v for k, v in fixed.items() if k in names}, **sampled)
-        torch.set_num_threads(cfg.num_threads)
-        seed_everything(cfg.seed)
-        s = study.setup(cfg, DATA, torch.device("cpu"))
-        optimizer, scheduler = build_optimizer(
-            s.model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            total_steps=s.steps_per_epoch * cfg.max_epochs, warmup_ratio=cfg.warmup_ratio)
-        use_cpu_dropout(s.model)  # what a CPU sweep trial trains with
+        s, optimizer, scheduler = start_config(cfg, study.setup, DATA)
     except Exception as e:  # a bad draw must not end the benchmark
         print(f"{method} {idx:2d}: setup failed: {type(e).__name__}: {e}", flush=True)
         return [{"method": method, "config": idx, **sampled, "epoch": 0,
@@ -93,11 +83,7 @@ def run_config(job: tuple) -> list[dict]:
               f"epoch {row.get('epoch_s', float('nan')):.0f}s  "
               f"wall {time.perf_counter() - T0:.0f}s", flush=True)
 
-    train_loop(model=s.model, optimizer=optimizer, scheduler=scheduler, loss_fn=s.loss_fn,
-               train_batches=s.train_batches, evaluate=s.evaluate, max_epochs=epochs,
-               best_metric=s.best_metric, mode=s.mode, report=report,
-               device=torch.device("cpu"), grad_accum=s.grad_accum, patience=s.patience,
-               keep_best=s.keep_best, track=s.track)
+    run_epochs(s, optimizer, scheduler, epochs=epochs, report=report)
     return rows
 
 
