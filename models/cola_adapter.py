@@ -13,7 +13,7 @@ from models.classify import make_evaluator, stage_splits, stage_track
 from models.data.classification import ClassificationData
 from models.data.cola import SCORE
 from models.hf import count_parameters
-from models.loop import TrialSetup
+from models.loop import TrialSetup, micro_batched
 from models.metrics import confusion_counts, confusion_metrics
 
 
@@ -48,7 +48,9 @@ def adapter_setup(cfg, data: ClassificationData, device, *, build_model: Callabl
         set_peft_model_state_dict(model, load_file(str(Path(path) / "adapter_model.safetensors")))
 
     return TrialSetup(
-        model=model, loss_fn=loss, train_batches=train_batches,
+        # model(**batch).loss is the mean over rows: micro-batches weigh theirs by row count
+        model=model, loss_fn=micro_batched(loss, cfg.micro_batch_size),
+        train_batches=train_batches,
         steps_per_epoch=-(-len(ids) // cfg.batch_size),
         evaluate=make_evaluator(data, evals, forward=forward, device=device),
         best_metric=metric, mode="max", save_weights=save, load_weights=load,

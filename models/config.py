@@ -38,6 +38,10 @@ class TrialConfig:
     # Training batches of similar lengths (a seeded, length-grouped shuffle): less padding.
     group_by_length: bool = True
     compile: bool = False  # torch.compile the model (opt-in: compile time vs faster steps)
+    # Rows of a batch one forward and backward pass holds (0: the whole batch); the memory plan
+    # sets it when a whole batch does not fit. Gradients accumulate over a batch's chunks, so
+    # each optimizer step is the whole batch's (models.loop.MicroBatched).
+    micro_batch_size: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -52,6 +56,9 @@ class TrialConfig:
                 self.max_epochs, "must be an integer >= 1")
         require(self.stage in STAGES, "stage", self.stage, f"one of {STAGES}")
         require(self.num_threads >= 1, "num_threads", self.num_threads, "must be >= 1")
+        require(isinstance(self.micro_batch_size, int) and self.micro_batch_size >= 0,
+                "micro_batch_size", self.micro_batch_size, "must be an integer >= 0 (0: the "
+                "whole batch)")
         for flag in ("group_by_length", "compile"):
             require(isinstance(getattr(self, flag), bool), flag, getattr(self, flag),
                     "must be true or false")

@@ -3,12 +3,23 @@ error when the hub cannot be reached (offline machines pass ``--model PATH``).""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
 from models.errors import InputError
+
+# Weight files transformers reads, single or sharded (an index names the shards).
+WEIGHTS, WEIGHTS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PT_WEIGHTS, PT_WEIGHTS_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+TOKENIZER_FILES = ("tokenizer.json, or tokenizer_config.json with vocab.json + merges.txt or "
+                   "tokenizer.model")
+# Config attributes that give a model's context (GPT-2: n_positions; most others the second).
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings")
+# Any real tokenizer turns this into tokens; an empty vocabulary gives none.
+PROBE = "The cat sat on the mat."
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +66,9 @@ def _looks_like_path(name: str) -> bool:
 
 def resolve_model(name: str, flag: str = "--model") -> str:
     """Return a loadable name or path, or raise InputError naming the flag and value. A GGUF
-    file is converted once into a cached model directory, whose path is returned."""
+    file is converted once into a cached model directory, whose path is returned. A local
+    directory is checked here, once, rather than failing in every trial: a config
+    transformers can read, and whole weight files."""
     from models.gguf import convert, is_gguf
 
     if is_gguf(name):
@@ -65,6 +78,8 @@ def resolve_model(name: str, flag: str = "--model") -> str:
         if not (p / "config.json").is_file():
             raise InputError(f"{flag} {name!r}: directory has no config.json "
                              "(expected a saved Hugging Face model)")
+        check_config(p, flag=flag, name=name)
+        check_weights(p, flag=flag, name=name)
         return str(p.resolve())
     if _looks_like_path(name):
         raise InputError(f"{flag} {name!r}: no such model directory")
@@ -80,14 +95,129 @@ def resolve_model(name: str, flag: str = "--model") -> str:
     return name
 
 
-def load_tokenizer(name: str):
-    """Tokenizer with a pad token (GPT-2 has none: reuse EOS, as its classifier expects)."""
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold one object; InputError (``what`` names the flag and value)
+    for broken JSON, with its line and column, or for another kind of value."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what}: {path.name} is not valid JSON ({e.msg} at line {e.lineno} "
+                         f"column {e.colno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what}: {path.name} cannot be read ({e})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{what}: {path.name} holds a JSON {type(value).__name__}; expected "
+                         "an object of settings")
+    return value
+
+
+def check_config(d: Path, *, flag: str, name: str):
+    """-> the config of ``d``, whose config.json must be a JSON object that transformers can
+    build a config from."""
+    from transformers import AutoConfig
+
+    read_json_object(d / "config.json", f"{flag} {name!r}")
+    try:
+        return AutoConfig.from_pretrained(str(d))
+    except (OSError, ValueError, TypeError, KeyError) as e:  # no or unknown model_type, ...
+        raise InputError(f"{flag} {name!r}: not a model transformers can load (config.json: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+                         ) from None
+
+
+def _weight_files(d: Path, single: str, index: str, what: str) -> list[Path] | None:
+    """The weight files of one format in ``d`` (a sharded checkpoint's from its index), or
+    None when the directory has neither the single file nor the index."""
+    if (d / single).is_file():
+        return [d / single]
+    if not (d / index).is_file():
+        return None
+    weight_map = read_json_object(d / index, what).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{what}: {index} has no weight_map (tensor name -> shard file)")
+    return [d / f for f in sorted(set(map(str, weight_map.values())))]
+
+
+def safetensors_keys(path: Path, what: str) -> list[str]:
+    """The tensor names of a safetensors file. Opening it reads the header and checks that
+    the file covers every tensor it lists, so a cut-short or damaged copy is an InputError
+    here and not in every trial."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise InputError(f"{what}: {path.name} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except (SafetensorError, OSError) as e:
+        raise InputError(f"{what}: {path.name} is damaged or cut short ({str(e)[:200]}); "
+                         "save or copy the model again") from None
+
+
+def check_weights(d: Path, *, flag: str, name: str) -> None:
+    """``d`` holds weights (safetensors or PyTorch, single or sharded), and every safetensors
+    file is whole. PyTorch .bin files are only checked to exist: reading one is a full load."""
+    what = f"{flag} {name!r}"
+    formats = ((WEIGHTS, WEIGHTS_INDEX), (PT_WEIGHTS, PT_WEIGHTS_INDEX))
+    for single, index in formats:
+        files = _weight_files(d, single, index, what)
+        if files is None:
+            continue
+        for f in files:
+            if f.suffix == ".safetensors":
+                safetensors_keys(f, what)
+            elif not f.is_file():
+                raise InputError(f"{what}: {f.name} is missing")
+        return
+    names = ", ".join(n for pair in formats for n in pair)
+    raise InputError(f"{what}: the directory has no model weights (expected one of {names})")
+
+
+def model_context(name: str) -> int | None:
+    """Positions the model reads at most (its config's n_positions or
+    max_position_embeddings); an adapter directory's are its base model's. None when there
+    is no readable config or it does not say."""
+    from transformers import AutoConfig
+
+    p = Path(name).expanduser()
+    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        try:
+            name = json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+    except Exception:  # no config there (a tokenizer-only directory): nothing to check against
+        return None
+    return config_context(cfg)
+
+
+def config_context(cfg) -> int | None:
+    """The context a model config gives (see CONTEXT_KEYS), or None."""
+    return next((getattr(cfg, k) for k in CONTEXT_KEYS
+                 if isinstance(getattr(cfg, k, None), int)), None)
+
+
+def load_tokenizer(name: str, flag: str = "--model"):
+    """Tokenizer with a pad token (GPT-2 has none: reuse EOS, as its classifier expects).
+    A directory without tokenizer files gives transformers an empty vocabulary, which turns
+    every sentence into no tokens at all: that is an InputError here."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
+    if _looks_like_path(name) and not Path(name).expanduser().is_dir():
+        raise InputError(f"{flag} {name!r}: no such directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # the hub client's and every tokenizer class's own errors
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{flag} {name!r}: no tokenizer could be loaded ({why}); expected "
+                         f"{TOKENIZER_FILES}") from None
+    if not tok(PROBE, add_special_tokens=False)["input_ids"]:
+        raise InputError(f"{flag} {name!r}: its tokenizer turns text into no tokens (vocabulary "
+                         f"of {len(tok)}): no tokenizer files there? Expected {TOKENIZER_FILES}")
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise InputError(f"--model {name!r}: tokenizer has neither a pad nor an EOS token")
+            raise InputError(f"{flag} {name!r}: tokenizer has neither a pad nor an EOS token")
         tok.pad_token = tok.eos_token
     return tok
 

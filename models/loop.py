@@ -98,6 +98,48 @@ def build_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_deca
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def batch_rows(batch: dict) -> int:
+    """What a per-row mean loss averages over: the batch's rows."""
+    return len(next(iter(batch.values())))
+
+
+@dataclass(frozen=True)
+class MicroBatched:
+    """A loss the loop computes over chunks of at most ``rows`` rows of each batch, one
+    forward and backward pass each, accumulating gradients: a pass holds a chunk's activations,
+    and the optimizer step still gets the whole batch's gradient. ``weight(batch)`` counts what
+    the loss averages over (rows for a per-row mean, loss-bearing tokens for a token mean):
+    each chunk's loss is scaled by its share of that count, so the scaled losses (and their
+    gradients) sum to the whole batch's mean. Called directly, it is the plain loss."""
+
+    loss_fn: Callable
+    rows: int
+    weight: Callable[[dict], int] = batch_rows
+
+    def __call__(self, model, batch):
+        return self.loss_fn(model, batch)
+
+    def chunks(self, batch: dict) -> list[tuple[dict, float]]:
+        """(chunk, its share of the loss) for one host batch: equal chunks (split before the
+        copy to the device, so counting the weights never waits for the device). Chunks that
+        weigh nothing add no gradient and are left out (a token mean over none is NaN)."""
+        n = -(-batch_rows(batch) // self.rows)
+        if n <= 1:
+            return [(batch, 1.0)]
+        split = {k: torch.tensor_split(v, n) for k, v in batch.items()}
+        parts = [{k: v[i] for k, v in split.items()} for i in range(n)]
+        weights = [int(self.weight(p)) for p in parts]
+        total = sum(weights)
+        if not total:  # nothing to average over: the whole batch, as without micro-batches
+            return [(batch, 1.0)]
+        return [(p, w / total) for p, w in zip(parts, weights) if w]
+
+
+def micro_batched(loss_fn: Callable, rows: int, weight: Callable[[dict], int] = batch_rows):
+    """``loss_fn`` split into chunks of at most ``rows`` rows (0: as it is; see MicroBatched)."""
+    return MicroBatched(loss_fn, rows, weight) if rows > 0 else loss_fn
+
+
 def better(value: float, best: float | None, mode: str) -> bool:
     if best is None or (isinstance(best, float) and math.isnan(best)):
         return not math.isnan(value)
@@ -134,7 +176,9 @@ def train_loop(
 
     ``train_batches(epoch)`` yields dicts of CPU tensors; ``loss_fn(model, batch)`` returns a
     scalar; ``evaluate(model)`` returns a flat dict of floats that contains ``best_metric``.
-    ``grad_accum`` micro-batches make one optimizer step (the scheduler counts steps).
+    ``grad_accum`` micro-batches make one optimizer step (the scheduler counts steps). A
+    ``MicroBatched`` loss runs each batch in chunks, accumulating their gradients (the step,
+    the loss reported and the counts are the whole batch's).
     ``patience``: stop after that many epochs without a new best. ``keep_best``: when
     training ends, the trainable parameters of the best epoch are put back. ``loss_fn`` may
     return ``(loss, counts)``, a dict of count tensors summed over the epoch on the device and
@@ -147,6 +191,7 @@ def train_loop(
     would travel through a dozen arguments.
     """
     state = state or LoopState()
+    split = isinstance(loss_fn, MicroBatched)
     params = [p for p in model.parameters() if p.requires_grad]
     memory = PeakMemory(device)
     # The loaded model (and, on a CPU, the interpreter and libraries): what a method's training
@@ -164,15 +209,18 @@ def train_loop(
         n_batches = 0
         optimizer.zero_grad(set_to_none=True)
         for batch in train_batches(epoch):
-            batch = to_device(batch, device)
-            with autocast(device):
-                loss = loss_fn(model, batch)
-            if isinstance(loss, tuple):
-                loss, batch_counts = loss
-                for k, v in batch_counts.items():
-                    counts[k] = counts[k] + v.detach() if k in counts else v.detach()
-            (loss / grad_accum if grad_accum > 1 else loss).backward()
-            loss_sum += loss.detach()
+            for part, share in (loss_fn.chunks(batch) if split else [(batch, 1.0)]):
+                part = to_device(part, device)
+                with autocast(device):
+                    loss = loss_fn(model, part)
+                if isinstance(loss, tuple):
+                    loss, batch_counts = loss
+                    for k, v in batch_counts.items():
+                        counts[k] = counts[k] + v.detach() if k in counts else v.detach()
+                if share != 1.0:
+                    loss = loss * share
+                (loss / grad_accum if grad_accum > 1 else loss).backward()
+                loss_sum += loss.detach()
             n_batches += 1
             if n_batches % grad_accum == 0:
                 _step(params, optimizer, scheduler, grad_clip)

@@ -21,7 +21,7 @@ import torch
 from models.data.cnndm import IGNORE, SumData, lm_batches, prompt_batches
 from models.config import TrialConfig, require
 from models.hf import count_parameters
-from models.loop import FILES, TrialSetup
+from models.loop import FILES, TrialSetup, micro_batched
 
 TRAINABLE_WEIGHTS = "trainable.safetensors"  # non-peft methods: the trained tensors only
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -78,6 +78,13 @@ def summary_loss(model, batch) -> torch.Tensor:
                    logits_to_keep=keep).logits[:, -keep:-1]  # [B, keep-1, V]
     return torch.nn.functional.cross_entropy(
         logits.float().flatten(0, 1), labels[:, first:].flatten(), ignore_index=IGNORE)
+
+
+def summary_tokens(batch) -> int:
+    """What ``summary_loss`` averages over: the batch's loss-bearing (summary) labels. Every
+    position before the first of them is IGNORE, so this is the count ``cross_entropy`` with
+    ``ignore_index`` divides by; micro-batches weigh their losses by it."""
+    return int((batch["labels"] != IGNORE).sum())
 
 
 def token_weighted_loss(model, examples, *, batch_size: int, pad_id: int, device) -> float:
@@ -248,7 +255,8 @@ def setup(cfg: SummarizeConfig, data: SumData, device, *,
 
     batches = -(-len(data.train) // cfg.batch_size)
     return TrialSetup(
-        model=model, loss_fn=summary_loss, train_batches=train_batches,
+        model=model, loss_fn=micro_batched(summary_loss, cfg.micro_batch_size, summary_tokens),
+        train_batches=train_batches,
         steps_per_epoch=-(-batches // cfg.grad_accum),
         evaluate=evaluate, best_metric="val_loss", mode="min",
         save_weights=lambda path: save_trainable(model, path),

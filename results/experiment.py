@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results.frames import epoch_frame, read_trials, sweep_times, trial_frame
+from results.frames import epoch_frame, hyperparameters, read_trials, sweep_times, trial_frame
 from results.space import parse_space
 
 # Metric of each study when a directory has lost its experiment.json.
@@ -66,9 +66,9 @@ def group_members(path: Path) -> list[Path]:
             continue
         try:
             record = json.loads((d / "experiment.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
-        if record.get("group") == path.name:
+        if isinstance(record, dict) and record.get("group") == path.name:
             out.append(d)
     return out
 
@@ -83,29 +83,47 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
         return None
 
 
+def _read_record(path: Path, problems: list[str]) -> dict:
+    """experiment.json as a dict; {} (with the problem noted) when it is missing, unreadable,
+    or holds something other than a JSON object (or its space something other than one)."""
+    file = path / "experiment.json"
+    try:
+        record = json.loads(file.read_text())
+    except FileNotFoundError:
+        problems.append(f"{file} is missing: study, command and search space are unknown; the "
+                        "metric is guessed from the results")
+        return {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        problems.append(f"{file} is unreadable ({type(e).__name__}): study, command and search "
+                        "space are unknown")
+        return {}
+    if not isinstance(record, dict):
+        problems.append(f"{file} holds a JSON {type(record).__name__}, not an experiment record "
+                        "(an object): study, command and search space are unknown")
+        return {}
+    if not isinstance(record.get("space", {}), dict):
+        problems.append(f"{file}: its space is a JSON {type(record['space']).__name__}, not an "
+                        "object of dimensions: the search space is unknown")
+        record = {k: v for k, v in record.items() if k != "space"}
+    return record
+
+
 def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     problems: list[str] = []
-    record = {}
-    try:
-        record = json.loads((path / "experiment.json").read_text())
-    except FileNotFoundError:
-        problems.append(f"{path / 'experiment.json'} is missing: study, command and search space "
-                        "are unknown; the metric is guessed from the results")
-    except (OSError, json.JSONDecodeError) as e:
-        problems.append(f"{path / 'experiment.json'} is unreadable ({type(e).__name__}): study, "
-                        "command and search space are unknown")
+    record = _read_record(path, problems)
     if not list(path.glob("experiment_state-*.json")):
         problems.append(f"{path} has no experiment-state file (experiment_state-*.json): Tune "
                         "cannot resume it, and trial statuses come from the trial folders alone")
     records = read_trials(path)
     for r in records:
         problems.extend(r.problems)
-    epochs = epoch_frame(path, records=records)
+    params = hyperparameters(path, records)
+    epochs = epoch_frame(path, records=records, params=params)
     metric, mode = record.get("metric"), record.get("mode")
     if not metric:
         metric, mode = next(((m, md) for m, md in _GUESS if m in epochs), ("best_val_mcc", "max"))
-    trials = trial_frame(path, metric=metric, mode=mode, records=records)
+    trials = trial_frame(path, metric=metric, mode=mode, records=records, params=params)
     for _, t in trials.iterrows():
         if t.get("status") in ("failed", "interrupted") and not t.get("epochs_run"):
             problems.append(f"trial {t['trial_id']}: no results ({t['status']})")

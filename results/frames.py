@@ -131,10 +131,11 @@ def hyperparameters(exp_dir: str | Path, records: list[TrialRecord]) -> list[str
     """The swept (or --space-fixed) dimensions: the search space recorded in
     ``experiment.json``; without it, every config key the trials have (internals included)."""
     try:
-        space = json.loads((Path(exp_dir) / "experiment.json").read_text()).get("space")
-    except (OSError, json.JSONDecodeError):
-        space = None
-    if space:
+        record = json.loads((Path(exp_dir) / "experiment.json").read_text())
+    except (OSError, ValueError):  # missing, unreadable, not JSON (UnicodeDecodeError too)
+        record = None
+    space = record.get("space") if isinstance(record, dict) else None
+    if space and isinstance(space, dict):
         return list(space)
     names: dict[str, None] = {}
     for t in records:

@@ -2,7 +2,8 @@
 
 Each name maps to one builder; the Tuner code (``search.sweep``) asks this module and nothing
 else. Optuna's samplers run through ``search.optuna_search`` (Optuna told PRUNED for a trial
-the scheduler stopped), ASHA is ``search.resumable_asha`` (its rungs survive ``--resume``).
+the scheduler stopped); ASHA, HyperBand and the median rule are ``search.resumable_schedulers``
+(their bookkeeping survives ``--resume``).
 Ray is imported only inside the builders, when a sweep runs."""
 from __future__ import annotations
 
@@ -111,26 +112,26 @@ MULTI_OBJECTIVE = frozenset({"tpe", "random", "qmc"})
 
 
 def _asha(plan):
-    from search.resumable_asha import ResumableASHA
+    from search.resumable_schedulers import ResumableASHA
 
     return ResumableASHA(time_attr="epoch", metric=plan.metric, mode=plan.mode,
-                            max_t=plan.max_epochs, grace_period=plan.grace_period,
-                            reduction_factor=plan.reduction_factor)
+                         max_t=plan.max_epochs, grace_period=plan.grace_period,
+                         reduction_factor=plan.reduction_factor)
 
 
 def _hyperband(plan):
-    from ray.tune.schedulers import HyperBandForBOHB, HyperBandScheduler
+    from search.resumable_schedulers import ResumableHyperBand, ResumableHyperBandForBOHB
 
-    cls = HyperBandForBOHB if plan.searcher == "bohb" else HyperBandScheduler
+    cls = ResumableHyperBandForBOHB if plan.searcher == "bohb" else ResumableHyperBand
     return cls(time_attr="epoch", metric=plan.metric, mode=plan.mode, max_t=plan.max_epochs,
                reduction_factor=plan.reduction_factor)
 
 
 def _median(plan):
-    from ray.tune.schedulers import MedianStoppingRule
+    from search.resumable_schedulers import ResumableMedian
 
-    return MedianStoppingRule(time_attr="epoch", metric=plan.metric, mode=plan.mode,
-                              grace_period=plan.grace_period, min_samples_required=3)
+    return ResumableMedian(time_attr="epoch", metric=plan.metric, mode=plan.mode,
+                           grace_period=plan.grace_period, min_samples_required=3)
 
 
 def _fifo(plan):

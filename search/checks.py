@@ -52,6 +52,10 @@ def check_optuna_storage(url: str | None) -> None:
                          f"{type(e).__name__}: {redact_text(str(e).splitlines()[0][:160], url)}"
                          "); expected e.g. sqlite:///path/optuna.db or "
                          "postgresql://user:password@host/db") from None
+    if parsed.password is not None and "@" in (parsed.host or ""):
+        # SQLAlchemy ends the password at its first '@' and takes the rest as the host
+        raise InputError(f"--optuna-storage {shown!r}: the password holds a raw '@', which "
+                         "ends it early; write each '@' in the password as %40")
     if parsed.get_backend_name() == "sqlite":
         return
     from sqlalchemy import create_engine, text
@@ -122,10 +126,9 @@ def _check_same_search(plan, args) -> None:
     """--resume continues the searcher, scheduler and metric the experiment was started with
     (Tune restores them): a flag left out takes the recorded value; one given with another
     value exits 2 rather than being ignored."""
-    record = plan.exp_dir / "experiment.json"
-    if not record.is_file():
+    recorded = recorded_experiment(plan.exp_dir)
+    if recorded is None:
         return
-    recorded = json.loads(record.read_text())
     stored = recorded.get("optuna_storage") or ""
     if MASK in stored and _masked(args.optuna_storage or "") != stored:
         raise InputError(
@@ -148,7 +151,10 @@ def _check_same_search(plan, args) -> None:
 
 
 # Settings a trial may change on --resume without changing the study (how it runs, not what).
-_RUN_ONLY = {"num_threads", "compile", "group_by_length"}
+# The memory plan's micro-batches and checkpointing fit a trial to the machine: the same
+# optimizer steps, recomputed or split (search.memory.fit_batch).
+_RUN_ONLY = {"num_threads", "compile", "group_by_length", "micro_batch_size",
+             "gradient_checkpointing"}
 
 
 _DESCRIBE_FLAGS = {"model": "--model", "data": "--data-dir", "rows": "--max-train-samples",
@@ -159,10 +165,9 @@ def _check_same_study(plan, describe: dict) -> None:
     """--resume continues the experiment as it was started: a flag that defines the study
     (model, data and its subset, space, seed, epochs, trials) given with another value exits
     2 naming the flag and the recorded value, instead of silently reloading the old sweep."""
-    record = plan.exp_dir / "experiment.json"
-    if not record.is_file():
+    recorded = recorded_experiment(plan.exp_dir)
+    if recorded is None:
         return
-    recorded = json.loads(record.read_text())
     inside = f"/{plan.name}/"
 
     def plain(v):
@@ -190,6 +195,51 @@ def _check_same_study(plan, describe: dict) -> None:
                 raise InputError(f"{flag} {plain(now)!r}: the experiment {plan.name!r} was started "
                                  f"with {key.removeprefix('fixed/')} {before!r}; --resume "
                                  f"continues it as it was started{hint}")
+
+
+def recorded_experiment(exp_dir: Path) -> dict | None:
+    """``experiment.json`` of ``exp_dir`` as a dict; None when there is none; InputError when
+    it is not a JSON object (damaged or edited by hand)."""
+    record = exp_dir / "experiment.json"
+    if not record.is_file():
+        return None
+    try:
+        recorded = json.loads(record.read_text())
+    except ValueError as e:
+        raise InputError(f"--resume: {record} is not valid JSON ({e}); restore it, or delete "
+                         f"{exp_dir} and run the command without --resume") from None
+    if not isinstance(recorded, dict):
+        raise InputError(f"--resume: {record} holds a JSON {type(recorded).__name__}, not the "
+                         f"experiment's record (an object); restore it, or delete {exp_dir} and "
+                         "run the command without --resume")
+    return recorded
+
+
+def check_same_flags(exp_dir: Path, args) -> None:
+    """--resume: every flag declared KEEP (search.flags.declare) has the value the experiment
+    was started with; a difference exits 2 naming the flag and both values. Experiments
+    recorded before flags were recorded are compared by ``_check_same_study`` alone."""
+    from search.flags import flag_name, study_flags
+
+    recorded = (recorded_experiment(exp_dir) or {}).get("flags")
+    if not isinstance(recorded, dict):
+        return
+    for dest, now in study_flags(args).items():
+        if dest in recorded and recorded[dest] != now:
+            raise InputError(f"{flag_name(dest)} {_shown(now)}: the experiment {exp_dir.name!r} "
+                             f"was started with {flag_name(dest)} {_shown(recorded[dest])}; "
+                             "--resume continues it as it was started (give the first run's "
+                             "flags again, plus --resume)")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "(not given)"
+    if isinstance(value, bool):
+        return "(given)" if value else "(not given)"
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "(none)"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _database_error(e: BaseException):
@@ -238,7 +288,19 @@ def _check_experiment_dir(exp_dir: Path, resume: bool, remote=None) -> None:
         ok = (Tuner.can_restore(remote.join(name), storage_filesystem=remote.fs) if remote
               else Tuner.can_restore(str(exp_dir)))
         if not ok:
-            raise InputError(f"--resume: no restorable experiment at {where}")
+            left = exp_dir.exists() or (remote is not None and remote.exists(name))
+            raise InputError(
+                f"--resume: no restorable experiment at {where}" + (
+                    " (its sweep stopped before Tune saved any state, so there is nothing to "
+                    f"continue); delete {where} and run the command without --resume"
+                    if left else ""))
     elif exp_dir.exists() or (remote is not None and remote.exists(name)):
-        raise InputError(f"--name {name!r}: {where} already exists; pass --resume to "
-                         "continue it (finished trials and retrains are kept) or choose another --name")
+        from ray.tune import Tuner
+
+        restorable = (Tuner.can_restore(remote.join(name), storage_filesystem=remote.fs)
+                      if remote else Tuner.can_restore(str(exp_dir)))
+        raise InputError(f"--name {name!r}: {where} already exists; " + (
+            "pass --resume to continue it (finished trials and retrains are kept) or choose "
+            "another --name" if restorable else
+            "it holds no sweep to continue (it stopped before Tune saved any state): delete "
+            f"{where}, or choose another --name"))

@@ -6,6 +6,7 @@ Bad input exits 2 before Ray starts and before anything is written."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Callable
 
 from models.errors import InputError
+from search import signals
 from results.storage import (default_mirror, display, is_uri, open_remote, pull_own_files,
                              pull_tune_files, push_own_files)
 from search.algorithms import OPTUNA_BACKED, resolve
+from search.claim import check_name, claim
+from search.disk import copy_tree, is_disk_full, plan_disk, tree_bytes, write_text  # noqa: F401 (copy_tree: the studies')
 from search.checks import (_check_experiment_dir, _check_same_search, _check_same_study,
-                           _database_error, _masked, check_optuna_storage, check_storage,
-                           search_metric)
+                           _database_error, _masked, check_optuna_storage, check_same_flags,
+                           check_storage, search_metric)
 from search.flags import DEFAULTS, SMOKE_DEFAULTS
 from search.output import (print_leaderboard, print_plan, print_retrain, quiet_libraries,
                            quiet_ray, write_tables)
@@ -43,22 +47,38 @@ def run(study_name: str, argv: list[str] | None, parser: argparse.ArgumentParser
     quiet_libraries()
     args = parser.parse_args(argv)
     quiet_ray(args.verbose)
+    previous = signals.install()
     try:
-        return _run(study_name, args, prepare,
-                    variants or (lambda a: {"": Variant(study_name, {})}))
+        with contextlib.ExitStack() as held:  # the experiment locks, released on any exit
+            code = _run(study_name, args, prepare,
+                        variants or (lambda a: {"": Variant(study_name, {})}), held)
+        return signals.interrupted_code() if code == 130 else code
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001  (a full disk is explained; anything else re-raised)
+        if not is_disk_full(e):
+            raise
+        print(f"\nerror: the storage filled up while the sweep ran ({' '.join(str(e).split())[:200]}"
+              f"); what was written is kept: free space under {args.storage_path}, then run the "
+              "same command plus --resume", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:  # outside Tune's own handling: while loading, between phases
+        print("\ninterrupted; finished trials and retrains are kept: run the same command plus "
+              "--resume to continue (a sweep that had not started has nothing to resume: run "
+              "the command again)", file=sys.stderr, flush=True)
+        return signals.interrupted_code()
     finally:
         import ray
 
         if ray.is_initialized():  # started or connected to; a cluster we joined keeps running
             ray.shutdown()
+        signals.restore(previous)
 
 
-def _run(study_name, args, prepare, variants) -> int:
+def _run(study_name, args, prepare, variants, held: contextlib.ExitStack) -> int:
     """Defaults, checks, the plans, then each sweep and its retrain (the order the module
-    docstring gives); 116 lines, most of them the checks before anything is written, kept in
+    docstring gives); ~120 lines, most of them the checks before anything is written, kept in
     one place so that the point after which files are written stays visible."""
     from models.provenance import provenance
     from models.registry import get_study
@@ -76,6 +96,7 @@ def _run(study_name, args, prepare, variants) -> int:
         raise InputError(f"--local-mirror {args.local_mirror!r}: only for a cloud --storage-path "
                          f"(s3://..., gs://...), not {args.storage_path!r}")
     res = _check_resources(args)
+    signals.install()  # again: joining a cluster (--address) ran ray.init, which sets its own
     gpus, cpus = res.gpus, res.cpus
     remote = None
     if is_uri(args.storage_path):
@@ -97,13 +118,15 @@ def _run(study_name, args, prepare, variants) -> int:
         trackers = resolve_tracking(args.log_to, mlflow_uri=args.mlflow_tracking_uri,
                                     wandb_project=args.wandb_project, storage=str(storage))
     searcher, scheduler = resolve(args.searcher, args.scheduler)
-    name = args.name or study_name
+    name = check_name(study_name if args.name is None else args.name)
     chosen = variants(args)
     search_metrics = {v.study: search_metric(get_study(v.study), args.metric)
                       for v in chosen.values()}
     warm_study = (check_study(args.warm_start, list(search_metrics))
                   if args.warm_start and not args.resume else None)
     names = {suffix: name + suffix for suffix in chosen}
+    # Claimed before any work, so that a second sweep of the same name stops here.
+    held.enter_context(claim(storage, [name, *names.values()], resume=args.resume))
     for n in names.values():
         _check_experiment_dir(storage / n, args.resume, remote)
     exp_dir = storage / name  # the main experiment; study artefacts (smoke models) live here
@@ -125,18 +148,23 @@ def _run(study_name, args, prepare, variants) -> int:
                        gpus_per_trial=gpus_per_trial, trackers=trackers)
                  for suffix, variant in chosen.items()]
         memory_note = plan_memory(plans, prepared, args, res)
+        if remote is None:  # a bucket's quota is not ours to read; its mirror holds little
+            note = plan_disk(plans, prepared.trainable, tree_bytes(Path(scratch)), storage,
+                             resume=args.resume)
+            for plan in plans:
+                plan.disk_note = note
         if args.resume:
             for plan in plans:
                 _check_same_search(plan, args)
                 _check_same_study(plan, prepared.describe)
+                check_same_flags(plan.exp_dir, args)
         # --- validation done: from here on we write ---
-        for plan in plans:
-            plan.exp_dir.mkdir(parents=True, exist_ok=True)
-            if remote is not None and args.resume:  # maybe another machine: fetch what it lacks
-                pull_own_files(remote, plan.name, plan.exp_dir)
-        if prepared.finalize:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            prepared.finalize(exp_dir)
+        records = {plan.name: _record(plan, name, args, prepared, res,
+                                      memory_note.get(plan.name), trackers, provenance())
+                   for plan in plans}
+        if not _write_experiments(plans, records, exp_dir=exp_dir, remote=remote,
+                                  resume=args.resume, finalize=prepared.finalize):
+            return 1
 
     import ray
 
@@ -149,16 +177,12 @@ def _run(study_name, args, prepare, variants) -> int:
         ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
                  log_to_driver=True, configure_logging=True,
                  logging_level=os.environ.get("PEFT_SWEEPS_RAY_LOG_LEVEL", "WARNING"), **planned)
+    signals.install()  # over the handler ray.init set (see search/signals.py)
     outcomes = []
     try:
         for plan in plans:
             print_plan(plan, prepared, res)
-            record = _record(plan, name, args, prepared, res, memory_note.get(plan.name),
-                             trackers, provenance())
-            if not (plan.exp_dir / "experiment.json").exists():
-                (plan.exp_dir / "experiment.json").write_text(
-                    json.dumps(record, indent=1, default=str))
-                push(plan, plan.exp_dir / "experiment.json")
+            push(plan, plan.exp_dir / "experiment.json")
             code, summary = _sweep_and_retrain(plan, prepared, provenance())
             if code:
                 return code
@@ -172,6 +196,40 @@ def _run(study_name, args, prepare, variants) -> int:
                 push_own_files(remote, n, storage / n)
         ray.shutdown()  # on a cluster: disconnects; the cluster keeps running
     return 0
+
+
+def _write_experiments(plans, records: dict, *, exp_dir: Path, remote, resume: bool,
+                       finalize) -> bool:
+    """The first writes, all or nothing: the experiment folders (and, resuming from cloud
+    storage, what this machine's mirror lacks), the study's files (``finalize``) and each
+    ``experiment.json``. On a full disk, what this run created is removed and the message says
+    what to do (-> False): a half-made folder would make the same command refuse to start."""
+    new_dirs = [d for d in dict.fromkeys([*(p.exp_dir for p in plans), exp_dir])
+                if not d.exists()]
+    try:
+        for plan in plans:
+            plan.exp_dir.mkdir(parents=True, exist_ok=True)
+            if remote is not None and resume:  # maybe another machine: fetch what it lacks
+                pull_own_files(remote, plan.name, plan.exp_dir)
+        if finalize:
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            finalize(exp_dir)
+        for plan in plans:
+            if not (plan.exp_dir / "experiment.json").exists():
+                write_text(plan.exp_dir / "experiment.json",
+                           json.dumps(records[plan.name], indent=1, default=str))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        for d in new_dirs:  # nothing half-made stays: the same command starts afresh
+            shutil.rmtree(d, ignore_errors=True)
+        need = plans[0].disk_note.get("need_mb")
+        print(f"error: the storage at {exp_dir.parent} is full ({e.strerror or e}) while the "
+              "experiment was being set up; nothing of it was kept: free space there"
+              + (f" (the plan counted about {need:,.0f} MB)" if need else "")
+              + " and run the same command again", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
@@ -213,8 +271,16 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     if plan.remote is not None:
         push_own_files(plan.remote, plan.name, plan.exp_dir)
     if not finished:
-        print(f"\nSweep interrupted after {sum(s == 'TERMINATED' for s in statuses.values())} "
-              f"finished trials; continue with the same command plus --resume", flush=True)
+        # Counted from the tables: Tune's own statuses call the trials it cut short TERMINATED.
+        from results.frames import COMPLETED, FAILED, INTERRUPTED, STOPPED
+
+        n = {st: int((trials["status"] == st).sum()) if "status" in trials else 0
+             for st in (COMPLETED, STOPPED, FAILED, INTERRUPTED)}
+        print(f"\nSweep interrupted after {n[COMPLETED] + n[STOPPED]} finished trials "
+              f"({n[COMPLETED]} ran to the end, {n[STOPPED]} cut by the scheduler; "
+              f"{n[FAILED]} failed, {n[INTERRUPTED]} cut short by the interrupt); continue with "
+              "the same command plus --resume",
+              flush=True)
         return 130, None
     print_leaderboard(plan, trials)
     if not plan.retrain_top_k:
@@ -237,6 +303,3 @@ def push(plan, path: Path) -> None:
         plan.remote.push(path, plan.name, *path.relative_to(plan.exp_dir).parts)
 
 
-def copy_tree(src: Path, dst: Path) -> None:
-    if not dst.exists():
-        shutil.copytree(src, dst)

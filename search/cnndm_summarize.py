@@ -22,8 +22,8 @@ from models.errors import InputError  # noqa: E402
 from models.registry import get_study, summarization_methods  # noqa: E402
 from search.cli import copy_tree, run  # noqa: E402
 from search.prepared import Prepared, Variant  # noqa: E402
-from search.flags import (apply_space_overrides, base_parser, fraction, nonneg_int,  # noqa: E402
-                          positive_int, set_study_defaults)
+from search.flags import (FREE, KEEP, apply_space_overrides, base_parser, declare,  # noqa: E402
+                          fraction, nonneg_int, positive_int, set_study_defaults)
 
 NAME = "cnndm"
 METHODS = summarization_methods()  # --method name -> study (models.registry)
@@ -87,6 +87,13 @@ def parser():
     g.add_argument("--target-modules", nargs="+", default=None, metavar="NAME",
                    help="lora: modules to adapt (default: every attention and MLP projection "
                         "of GPT-2 and Llama-style models; peft's own default otherwise)")
+    declare(p, method=KEEP, model=KEEP, data_dir=KEEP, max_source_tokens=KEEP,
+            max_target_tokens=KEEP, separator=KEEP, max_eval_samples=KEEP,
+            rouge_samples=KEEP, max_empty_fraction=KEEP, batch_size=KEEP, grad_accum=KEEP,
+            patience=KEEP, num_beams=KEEP, no_repeat_ngram_size=KEEP,
+            min_summary_tokens=KEEP, prompt_init_text=KEEP, target_modules=KEEP,
+            # the same gradients, recomputed: how it runs, not what it computes
+            gradient_checkpointing=FREE)
     return p
 
 
@@ -160,8 +167,10 @@ def _count(study, space, model_dir, cfg, args) -> tuple[str, tuple[int, int]]:
 
 
 def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
-    """A trial's peak memory (search.memory): the largest batch, the longest example, the LM
-    head over the summary positions only (models.summarize.summary_loss)."""
+    """A trial's peak memory (search.memory): the largest batch (the memory plan asks again
+    with ``fixed`` holding a micro-batch as batch_size, and gradient checkpointing), the
+    longest example, the LM head over the summary positions only
+    (models.summarize.summary_loss)."""
     from search.memory import estimate, largest, model_shape
 
     method = next(m for m, s in METHODS.items() if s == study)
@@ -171,7 +180,8 @@ def _memory(args, model_dir, sep_tokens, sizes, study, space, fixed):
                     batch_size=largest(space, fixed, "batch_size", args.batch_size),
                     tokens=args.max_source_tokens + sep_tokens + args.max_target_tokens + 1
                     + virtual, loss_positions=args.max_target_tokens + 2,
-                    checkpointing=args.gradient_checkpointing, **model_shape(model_dir))
+                    checkpointing=bool(fixed.get("gradient_checkpointing")),
+                    **model_shape(model_dir))
 
 
 def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
@@ -255,6 +265,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
                                 if len(outcomes) > 1 else None),
         memory=lambda study, space, fixed: _memory(args, tok_dir, sep_tokens, sizes, study,
                                                    space, fixed),
+        trainable=lambda study, _: sizes[next(m for m, s in METHODS.items() if s == study)][0],
     )
 
 

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 from models.errors import InputError  # noqa: E402
 from search.cli import copy_tree, run  # noqa: E402
 from search.prepared import Prepared, Variant  # noqa: E402
-from search.flags import add_cola_arguments, base_parser, load_cola_splits  # noqa: E402
+from search.flags import (KEEP, add_cola_arguments, base_parser, declare,  # noqa: E402
+                          load_cola_splits)
 from spaces.cola_kd import NO_KD  # noqa: E402
 from spaces.dims import Fixed  # noqa: E402
 
@@ -44,6 +45,7 @@ def parser():
                       help="the scratch baseline alone: the same space with kd_fraction = 1")
     mode.add_argument("--with-baseline", action="store_true",
                       help="run the distillation sweep and the scratch sweep, same budget")
+    declare(p, teacher=KEEP, tokenizer=KEEP, no_kd=KEEP, with_baseline=KEEP)
     p.set_defaults(gpus_per_trial=0.25)  # small students share a GPU
     return p
 
@@ -90,7 +92,7 @@ def student_vocabulary(args, model, tokenizer, teacher_dir: str):
 
     if args.tokenizer:
         own = tokenizer
-        tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer, flag="--tokenizer")
         if tokenizer.get_vocab() != own.get_vocab():
             raise InputError(f"--tokenizer {args.tokenizer!r}: its vocabulary ({len(tokenizer)} "
                              f"tokens) is not the teacher's ({len(own)} tokens); the student "
@@ -183,7 +185,21 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         memory=lambda *_: Estimate(int(1.0 * GIB), "the worker process (~0.8 GiB) and a GRU "
                                    "student of a few MB"),
         after=lambda outcomes: compare(outcomes, kd),
+        trainable=lambda _, space: student_params(space, vocab),
     )
+
+
+def student_params(space: dict, vocab: int) -> int:
+    """The largest student the space can draw (every parameter of it trains), counted on an
+    empty (meta) model."""
+    import torch
+
+    from models.student import GRUStudent
+
+    top = {k: max(space[k].edges()) for k in ("embed_dim", "hidden_size", "num_layers")}
+    with torch.device("meta"):
+        m = GRUStudent(vocab_size=vocab, bidirectional=True, **{k: int(v) for k, v in top.items()})
+    return sum(p.numel() for p in m.parameters())
 
 
 def _student_row(label: str, plan, summary) -> tuple[dict, object]:

@@ -21,7 +21,8 @@ from models.errors import InputError  # noqa: E402
 from models.registry import adapter_methods, get_study  # noqa: E402
 from search.cli import copy_tree, run  # noqa: E402
 from search.prepared import Prepared  # noqa: E402
-from search.flags import add_cola_arguments, base_parser, load_cola_splits  # noqa: E402
+from search.flags import (KEEP, add_cola_arguments, base_parser, declare,  # noqa: E402
+                          load_cola_splits)
 
 STUDY = "cola_lora"
 
@@ -40,6 +41,7 @@ def parser():
                         "attention and MLP projection of GPT-2 (c_attn c_proj c_fc) and "
                         "Llama-style models (q/k/v/o, gate/up/down), peft's own default otherwise")
     add_cola_arguments(g)
+    declare(p, method=KEEP, model=KEEP, target_modules=KEEP)
     return p
 
 
@@ -105,6 +107,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
         report_split=(None if not data.origin.startswith("generated") else
                       f"the generated dev set ({data.meta['dev_rows']} sentences; not GLUE dev)"),
         train_rows=int(data.meta["fit_rows"]),
+        trainable=lambda *_: max(t for t, _ in counts.values()),
         memory=lambda study, space, fixed: estimate(
             total_params=max(t for _, t in counts.values()),
             trainable_params=max(t for t, _ in counts.values()),

@@ -54,6 +54,41 @@ def fraction(text: str) -> float:
     return v
 
 
+# --- what each flag is to --resume ------------------------------------------------------------
+# A resumed sweep must compute what the interrupted one did. Every flag of every command is
+# declared with one of these kinds, beside the flags themselves (``declare``); a test fails when
+# a flag is left out. experiment.json records the KEEP flags, and --resume compares them.
+KEEP = "keep"  # changes what a trial computes or which trials run: --resume needs the recorded value
+OWN = "own"  # compared on --resume by its own rule (search.checks: searcher, storage, name, ...)
+FREE = "free"  # how or where the sweep runs, not what it computes: may differ on --resume
+KINDS = (KEEP, OWN, FREE)
+
+
+def declare(parser: argparse.ArgumentParser, **kinds: str) -> None:
+    """Declare what flags (by ``dest``) are to --resume; see KEEP, OWN, FREE."""
+    bad = {d: k for d, k in kinds.items() if k not in KINDS}
+    assert not bad, f"unknown resume kinds {bad}; allowed {KINDS}"
+    parser.set_defaults(_resume_kinds={**(parser.get_default("_resume_kinds") or {}), **kinds})
+
+
+def study_flags(args: argparse.Namespace) -> dict:
+    """The KEEP flags' values as given (defaults applied), paths made absolute: what
+    experiment.json records and --resume compares."""
+    import json
+
+    def plain(v):
+        if isinstance(v, str) and v and os.path.exists(v):
+            return str(Path(v).resolve())
+        return json.loads(json.dumps(v, default=str))
+
+    return {d: plain(getattr(args, d, None))
+            for d, k in sorted(vars(args).get("_resume_kinds", {}).items()) if k == KEEP}
+
+
+def flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except None (those flags say in words what happens without them)."""
 
@@ -168,6 +203,19 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--smoke-test", action="store_true",
                    help="tiny model built in-process, a handful of trials, CPU, no network")
     set_study_defaults(p, {}, {})
+    declare(p, verbose=FREE, gpus=FREE, gpus_per_trial=FREE, cpus_per_trial=FREE, address=FREE,
+            memory_per_trial=FREE, storage_is_shared=FREE, compile=FREE, log_to=FREE,
+            mlflow_tracking_uri=FREE, wandb_project=FREE, local_mirror=FREE, max_failures=FREE,
+            # ignored with --resume: the restored searcher has its points already
+            warm_start=FREE, warm_start_top=FREE,
+            searcher=OWN, scheduler=OWN, metric=OWN, name=OWN, storage_path=OWN,
+            optuna_storage=OWN, resume=OWN,
+            num_samples=KEEP, max_epochs=KEEP, objectives=KEEP, startup_trials=KEEP,
+            grace_period=KEEP, reduction_factor=KEEP, seed=KEEP, space=KEEP,
+            max_train_samples=KEEP, retrain_top_k=KEEP, retrain_seeds=KEEP,
+            smoke_test=KEEP,
+            # length-grouped batches hold other sentences than shuffled ones
+            no_length_grouping=KEEP)
     return p
 
 
@@ -182,6 +230,7 @@ def add_cola_arguments(group) -> None:
     group.add_argument("--max-length", type=positive_int, default=128, help="tokens per sentence")
     group.add_argument("--selection-fraction", type=fraction, default=0.1,
                        help="share of the training set held out (stratified) to score trials")
+    declare(group, data_dir=KEEP, max_length=KEEP, selection_fraction=KEEP)
 
 
 def load_cola_splits(args):

@@ -19,9 +19,15 @@ bound of the host side):
   and with a padding mask CPU attention takes the math path that keeps the probabilities;
   with gradient checkpointing ``CKPT_SHARE`` of that stays (measured, not derived);
 - the LM head's logits where a loss reads them: logits, their float32 copy and gradient.
+
+A plan whose largest batch does not fit in what is available is not refused at once:
+``fit_batch`` finds the fewest equal micro-batches that fit (the loop accumulates their
+gradients, so each optimizer step is the whole batch's), then adds gradient checkpointing
+where the study has it; only a trial that does not fit even then is refused.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 GIB = 2 ** 30
@@ -73,6 +79,58 @@ def largest(space: dict, fixed: dict, name: str, default: int) -> int:
     if name in space:
         return int(max(space[name].edges()))
     return int(fixed.get(name, default))
+
+
+def largest_batch(study, space: dict, fixed: dict) -> int:
+    """The largest batch a trial of ``study`` draws: the space's, the fixed config's, or the
+    config's default."""
+    default = next(f.default for f in dataclasses.fields(study.config_cls)
+                   if f.name == "batch_size")
+    return largest(space, fixed, "batch_size", default)
+
+
+def _micro_batch_sizes(batch: int):
+    """Rows a pass may hold, largest first: the batch in 1, 2, 3, ... equal chunks (the fewest
+    passes for each size; a chunk of 5 beside one of 3 would hold more than two of 4)."""
+    last = None
+    for parts in range(1, batch + 1):
+        rows = -(-batch // parts)
+        if rows != last:
+            yield rows
+        last = rows
+
+
+def fit_batch(study, space: dict, fixed: dict, estimate_fn, available: int
+              ) -> tuple[Estimate, dict]:
+    """The estimate of a trial as planned and, when that exceeds ``available`` bytes, of the
+    least change that fits: the largest batch split into the fewest equal micro-batches
+    (``micro_batch_size``: gradients accumulate over them, the optimizer steps stay the whole
+    batch's), then, where the study has it, gradient checkpointing with the fewest micro-batches.
+    ``estimate_fn(study name, space, fixed)`` is the study's (``Prepared.memory``); it is asked
+    again with the micro-batch as a fixed ``batch_size``. -> (estimate, changes to the fixed
+    config); when nothing fits, the last (smallest) try, or the plan's own estimate with no
+    changes when the batch does not drive the estimate."""
+    est = estimate_fn(study.name, space, fixed)
+    fields = study.config_cls.field_names()
+    if est.bytes <= available or "micro_batch_size" not in fields:
+        return est, {}
+    batch = largest_batch(study, space, fixed)
+    rest = {k: v for k, v in space.items() if k != "batch_size"}
+    ckpt = bool(fixed.get("gradient_checkpointing"))
+    options = [ckpt] + ([True] if not ckpt and "gradient_checkpointing" in fields
+                        and "gradient_checkpointing" not in space else [])
+    tried = est, {}
+    for checkpointing in options:
+        for rows in _micro_batch_sizes(batch):
+            if rows == batch and checkpointing == ckpt:
+                continue  # the plan as it is: estimated above
+            changes = {**({"micro_batch_size": rows} if rows < batch else {}),
+                       **({"gradient_checkpointing": True} if checkpointing != ckpt else {})}
+            probe = {**fixed, "batch_size": rows, "gradient_checkpointing": checkpointing}
+            tried = estimate_fn(study.name, rest, probe), changes
+            if tried[0].bytes <= available:
+                return tried
+    return tried if tried[0].bytes < est.bytes else (est, {})
 
 
 def available_bytes(address: str | None) -> int:

@@ -99,7 +99,12 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
              f"retried up to {plan.max_failures} times from its last checkpoint",
              *([f"   memory: {plan.memory_per_trial / 2**30:.1f} GiB per trial ("
                 f"{plan.memory_note['basis']}); {plan.memory_note['available_gib']:g} GiB "
-                f"available: {plan.memory_note['fit']} fit"] if plan.memory_note else []),
+                f"available: {plan.memory_note['fit']} fit"
+                + (f", {plan.memory_note['fitted']}" if plan.memory_note.get("fitted") else "")]
+               if plan.memory_note else []),
+             *([f"   disk: about {plan.disk_note['need_mb']:,.0f} MB written "
+                f"({plan.disk_note['basis']}); {plan.disk_note['free_mb']:,} MB free"]
+               if plan.disk_note else []),
              f"   search: {plan.num_samples} trials x up to {plan.max_epochs} epochs, "
              f"{describe(plan)}; retrain picks by {plan.study.metric}",
              *([f"   warm start: {len(plan.warm_start)} configurations evaluated first"]

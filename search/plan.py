@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from results.storage import display
 from search.algorithms import describe, startup_trials
 from search.checks import _masked, check_batch_fits, parse_objectives
-from search.flags import apply_space_overrides, validate_space
+from search.flags import apply_space_overrides, study_flags, validate_space
 from search.redact import redact_argv
 from search.warm_start import warm_start_points
 from spaces.dims import Choice, Fixed
@@ -37,8 +37,9 @@ def _record(plan, name: str, args, prepared: Prepared, res, memory: dict | None,
               "warm_start": ({"from": str(args.warm_start), "points": plan.warm_start}
                              if plan.warm_start else None),
               "space": {k: v.describe() for k, v in plan.space.items()},
+              "flags": study_flags(args),  # what --resume compares (search.flags.declare)
               "fixed": plan.fixed, "num_samples": plan.num_samples,
-              "concurrency": plan.concurrency, "memory": memory,
+              "concurrency": plan.concurrency, "memory": memory, "disk": plan.disk_note or None,
               "gpus": res.gpus, "gpus_per_trial": plan.gpus_per_trial,
               "cpus_per_trial": args.cpus_per_trial, **prepared.describe,
               "optuna_storage": _masked(plan.optuna_url),

@@ -32,3 +32,6 @@ class Prepared:
     memory: Callable[[str, dict, dict], object] | None = None
     train_rows: int | None = None  # rows a sweep trial trains on: the largest sensible batch
     report_split: str | None = None  # where retrains are reported, when not the study's usual
+    # (study name, space) -> the largest trainable-parameter count a trial can draw: the size
+    # of its checkpoints in the disk plan (search.disk); None: small files only
+    trainable: Callable[[str, dict], int] | None = None

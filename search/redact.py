@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from models.errors import InputError
 
@@ -29,17 +29,58 @@ def _is_url(text: str) -> bool:
     return "://" in text
 
 
+# Where SQLAlchemy (sqlalchemy.engine.url._parse_url, which Optuna's storage and MLflow's
+# database stores use) reads the credentials right after ``scheme://``: the user up to a ':'
+# (no '/'), the password up to the FIRST '@' after it, whatever it holds ('/', '?', '#', ':').
+_SA_USERINFO = re.compile(r"([^:/]*)(?::([^@]*))?@")
+
+
+def _credentials(rest: str) -> tuple[str, str | None, int] | None:
+    """``rest`` (a URL after ``scheme://``) -> (user, raw password or None, index of the '@'
+    that ends them), or None without credentials. The password as SQLAlchemy reads it,
+    widened to the last '@' before the host's end: with a raw '@' in a password SQLAlchemy
+    stops at the first one and RFC 3986 parsers (urllib, pyarrow) at the last, so both
+    readings are masked."""
+    m = _SA_USERINFO.match(rest)
+    if m is None:
+        return None
+    user, password, at = m[1], m[2], m.end() - 1
+    if password is not None:
+        host = re.match(r"[^/?#]*", rest[at + 1:])[0]
+        if "@" in host:
+            at += 1 + host.rindex("@")
+            password = rest[len(user) + 1:at]
+    return user, password, at
+
+
+def _forms(secret: str, plus: bool = False) -> list[str]:
+    """How a message may quote ``secret``: as written in the URL and percent-decoded (as the
+    driver uses it); a raw '@' splits it where some parser took the host to begin."""
+    out = [secret, unquote(secret), *(secret.split("@") if "@" in secret else ())]
+    return out + [unquote_plus(secret)] if plus else out
+
+
+def _query(url: str) -> str:
+    """The query of ``url``, up to its end ('#' included: SQLAlchemy keeps it in values)."""
+    rest = url.split("://", 1)[1]
+    cred = _credentials(rest)
+    return (rest[cred[2] + 1:] if cred else rest).partition("?")[2]
+
+
 def url_secrets(url: str) -> list[str]:
-    """The credential substrings of ``url`` (to scrub from messages that may quote it)."""
+    """The credential substrings of ``url`` in every form a message may quote them, longest
+    first (to scrub from messages that may quote it)."""
     if not _is_url(url):
         return []
-    parts = urlsplit(url)
-    out = [parts.password] if parts.password else []
-    if parts.username and parts.password is None and _looks_like_key(parts.username):
-        out.append(parts.username)
-    out += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if _SECRET_PARAM.search(k) and v]
-    return [s for s in out if s]
+    out = []
+    cred = _credentials(url.split("://", 1)[1])
+    if cred and cred[1]:
+        out += _forms(cred[1])
+    elif cred and cred[1] is None and _looks_like_key(cred[0]):
+        out += _forms(cred[0])
+    out += [f for k, v in re.findall(r"([^&=]+)=([^&]*)", _query(url))
+            if _SECRET_PARAM.search(unquote_plus(k)) and v for f in _forms(v, plus=True)]
+    return sorted({s for s in out if s}, key=lambda s: (-len(s), out.index(s)))
 
 
 def _looks_like_key(user: str) -> bool:
@@ -48,29 +89,30 @@ def _looks_like_key(user: str) -> bool:
 
 def redact_url(url: str) -> str:
     """``url`` with its password and secret query values as ``***``; everything else exactly
-    as given (string surgery, so that ``sqlite:////abs/path`` keeps its slashes)."""
+    as given (string surgery, so that ``sqlite:////abs/path`` keeps its slashes). The password
+    is what SQLAlchemy reads as one (``_credentials``), so one holding '/', '?' or '#' is
+    masked whole."""
     if not _is_url(url):
         return url
     scheme, rest = url.split("://", 1)
-    netloc, tail = re.match(r"([^/?#]*)(.*)", rest, re.S).groups()
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{userinfo}@{host}"
-    if "?" in tail:
-        path, query = tail.split("?", 1)
-        query, hash_, frag = query.partition("#")
+    head, cred = "", _credentials(rest)
+    if cred:
+        user, password, at = cred
+        head = f"{user}:{MASK}@" if password is not None else rest[:at + 1]
+        rest = rest[at + 1:]
+    if "?" in rest:
+        path, query = rest.split("?", 1)
         query = re.sub(r"([^&=]+)=([^&]*)", lambda m: f"{m[1]}={MASK}"
-                       if _SECRET_PARAM.search(unquote(m[1])) else m[0], query)
-        tail = f"{path}?{query}{hash_}{frag}"
-    return f"{scheme}://{netloc}{tail}"
+                       if _SECRET_PARAM.search(unquote_plus(m[1])) else m[0], query)
+        rest = f"{path}?{query}"
+    return f"{scheme}://{head}{rest}"
 
 
 def redact_text(text: str, *urls: str | None) -> str:
     """``text`` with every credential of ``urls`` replaced (e.g. a driver's error message)."""
     for url in urls:
         if url:
-            for secret in url_secrets(url):
+            for secret in url_secrets(url):  # longest first: a shorter form may lie inside
                 text = text.replace(secret, MASK)
             if url in text:
                 text = text.replace(url, redact_url(url))

@@ -96,31 +96,55 @@ def _check_resources(args) -> Resources:
     return res
 
 
-def plan_memory(plans: list, prepared: Prepared, args, res: Resources) -> dict:
-    """Give every plan a memory per trial and no more trials at once than fit in memory;
-    InputError when not even one does. -> what was planned, for experiment.json."""
+def plan_memory(plans: list, prepared: Prepared, args, res: Resources,
+                available: int | None = None) -> dict:
+    """Give every plan a memory per trial and no more trials at once than fit in memory. A
+    plan whose batch does not fit in ``available`` bytes (default: what this machine, or the
+    cluster, offers) runs it in micro-batches, with gradient checkpointing where that is not
+    enough and the study has it (``search.memory.fit_batch``): the change goes into the plan's
+    fixed config, so every trial and retrain runs with it. InputError when not even that fits.
+    -> what was planned, for experiment.json."""
     from search import memory
 
-    avail = memory.available_bytes(res.address)
+    avail = memory.available_bytes(res.address) if available is None else available
     notes = {}
     for plan in plans:
+        changes = {}
         if args.memory_per_trial:
             est = memory.Estimate(int(args.memory_per_trial * memory.GIB), "--memory-per-trial")
         elif prepared.memory is not None:
-            est = prepared.memory(plan.study.name, plan.space, plan.fixed)
+            est, changes = memory.fit_batch(plan.study, plan.space, plan.fixed, prepared.memory,
+                                            avail)
         else:
             continue
         fit = int(avail // est.bytes)
+        fitted = _fitted(plan, changes)
         if fit < 1:
+            even = f" even {fitted}" if fitted else ""
             raise InputError(
-                f"a trial needs about {est.gib:.1f} GiB ({est.basis}) but "
-                f"{avail / memory.GIB:.1f} GiB are available: lower the batch size or the "
-                "token limits, use --gradient-checkpointing where offered, or set "
-                "--memory-per-trial if the estimate is too high")
+                f"a trial needs about {est.gib:.1f} GiB{even} ({est.basis}) but "
+                f"{avail / memory.GIB:.1f} GiB are available: lower the "
+                f"{'token limits' if fitted else 'batch size or the token limits'}, use a "
+                "smaller model, or set --memory-per-trial if the estimate is too high")
+        plan.fixed.update(changes)
         plan.memory_per_trial = est.bytes
         plan.concurrency = min(plan.concurrency, fit)
         notes["_available_bytes"] = avail
         plan.memory_note = notes[plan.name] = {
             "per_trial_gib": round(est.gib, 2), "basis": est.basis,
-            "available_gib": round(avail / memory.GIB, 1), "fit": fit}
+            "available_gib": round(avail / memory.GIB, 1), "fit": fit,
+            **({**changes, "fitted": fitted} if changes else {})}
     return notes
+
+
+def _fitted(plan, changes: dict) -> str:
+    """The plan's change to fit in memory, in words (empty: none)."""
+    from search.memory import largest_batch
+
+    rows = changes.get("micro_batch_size")
+    batch = largest_batch(plan.study, plan.space, plan.fixed)
+    split = (f"with batches of up to {batch} rows run as {-(-batch // rows)} micro-batches of "
+             f"at most {rows} row{'s' if rows > 1 else ''} (gradients accumulated: the same "
+             "optimizer steps)" if rows else "")
+    ckpt = "with gradient checkpointing" if changes.get("gradient_checkpointing") else ""
+    return " and ".join(x for x in (split, ckpt) if x)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from search.disk import RETRAIN_CHECKPOINTS
+
 from search.sweep import (RETRAIN_DIR, RETRAIN_EXPERIMENT, SweepPlan, _reporter, _run_config,
                           _trial_dirname, _wrapped_trainable, progress)
 
@@ -109,7 +111,7 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
             tune_config=tune.TuneConfig(max_concurrent_trials=plan.concurrency, reuse_actors=plan.reuse_actors,
                                         trial_dirname_creator=_trial_dirname),
             run_config=_run_config(
-                plan, RETRAIN_EXPERIMENT, (plan.name,), keep=1, score=None,  # the latest
+                plan, RETRAIN_EXPERIMENT, (plan.name,), keep=RETRAIN_CHECKPOINTS, score=None,  # the latest
                 reporter=(_reporter(["epoch", plan.study.report_metric], ["job/_job"])
                           if plan.verbose else None),
                 callbacks=[_retrain_saver(out_root, push), progress(plan, retrain=True)],

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.registry import Study
+from search.disk import SWEEP_CHECKPOINTS
 from spaces.dims import Choice, Fixed, LogUniform, Uniform
 
 RETRAIN_DIR = "retrained"  # <exp>/retrained/<config key>-seed<k>/{adapter, metrics.json}
@@ -56,6 +57,7 @@ class SweepPlan:
     node_cpus: int = 0  # CPUs of the one machine (0: a cluster, where a job stays on one node)
     memory_per_trial: int = 0  # bytes: Ray's ``memory`` resource of a trial (0: not planned)
     memory_note: dict = field(default_factory=dict)  # how it was planned (printed, recorded)
+    disk_note: dict = field(default_factory=dict)  # what it writes against what is free (search.disk)
     tracking: object = None  # search.tracking.Tracking: trackers given --log-to (None: none)
     # --objectives: [(result column, "max"/"min")], several at once (Optuna multi-objective);
     # None: the one metric above
@@ -186,8 +188,8 @@ def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks
     install()  # a trial killed for memory fails alone (see search/oom.py)
     trainable = _wrapped_trainable(plan, data, provenance)
     if plan.resume:
-        # Finished trials are kept; the searcher's state and ASHA's rungs come back from the
-        # experiment checkpoint, so the total stays num_samples.
+        # Finished trials are kept; the searcher's state and the scheduler's bookkeeping come
+        # back from the experiment checkpoint, so the total stays num_samples.
         where = _storage(plan, plan.name)
         return tune.Tuner.restore(where["storage_path"], trainable=trainable,
                                   storage_filesystem=where.get("storage_filesystem"),
@@ -199,12 +201,12 @@ def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks
     searcher = build_searcher(plan, plan.warm_start)
     scheduler = build_scheduler(plan)
     callbacks = list(callbacks)
-    if hasattr(scheduler, "state"):  # ASHA: its rungs are saved with the experiment
-        from search.resumable_asha import RungState
+    if hasattr(scheduler, "load_state"):  # its bookkeeping is saved with the experiment
+        from search.resumable_schedulers import SchedulerState
 
-        callbacks.append(RungState(scheduler))
+        callbacks.append(SchedulerState(scheduler))
     metrics = list(dict.fromkeys(["epoch", plan.metric, plan.study.metric]))
-    run_config = _run_config(plan, plan.name, keep=2, score=plan.metric.removeprefix("best_"),
+    run_config = _run_config(plan, plan.name, keep=SWEEP_CHECKPOINTS, score=plan.metric.removeprefix("best_"),
                              reporter=_reporter(metrics, list(plan.space)) if verbose else None,
                              callbacks=callbacks, stop=stop, verbose=verbose)
     return tune.Tuner(

@@ -43,9 +43,14 @@ def recorded_study(exp_dir: str) -> str:
     if not record_file.is_file():
         raise InputError(f"{FLAG} {exp_dir!r}: not an experiment directory (no experiment.json)")
     try:
-        return json.loads(record_file.read_text()).get("study")
-    except json.JSONDecodeError as e:
+        record = json.loads(record_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{FLAG} {exp_dir!r}: experiment.json is unreadable ({e})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{FLAG} {exp_dir!r}: experiment.json holds a JSON "
+                         f"{type(record).__name__}, not an experiment record (a JSON object "
+                         "with the study, its space and settings)")
+    return record.get("study")
 
 
 def check_study(exp_dir: str, studies: list[str]) -> str:

@@ -124,8 +124,8 @@ def run_main(script: Path, args: list[str], tmp: Path, monkeypatch, capsys, **en
 
     Everything the command changes in this process is undone afterwards, so no later test
     inherits it: the environment (``quiet_libraries`` sets variables), ``sys.path``,
-    ``sys.argv``, the cwd, the warnings filters, the SIGINT/SIGUSR1 handlers (Tune installs its
-    own), the hub-probe cache, and a Ray it started or joined is shut down."""
+    ``sys.argv``, the cwd, the warnings filters, the SIGINT/SIGUSR1/SIGTERM handlers (Tune and
+    the CLI install their own), the hub-probe cache, and a Ray it started or joined is shut down."""
     import importlib
     import signal
     import warnings
@@ -135,7 +135,7 @@ def run_main(script: Path, args: list[str], tmp: Path, monkeypatch, capsys, **en
     from models import hf
 
     saved_env, saved_path = dict(os.environ), list(sys.path)
-    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)}
     module = importlib.import_module(f"search.{Path(script).stem}")
     session_dir = ray_tmpdir(tmp)
     existed = session_dir.exists()

@@ -103,8 +103,13 @@ def test_existing_experiment_needs_resume(tmp_path, monkeypatch, capsys):
     (tmp_path / "runs" / "cola_lora").mkdir(parents=True)
     r = run_main(COLA_SCRIPT, ["--smoke-test", "--storage-path", str(tmp_path / "runs")], tmp_path,
                  monkeypatch, capsys)
-    assert r.returncode == 2 and "already exists; pass --resume" in r.stderr
+    # an empty folder (a sweep that stopped before Tune saved anything) says what to delete
+    assert r.returncode == 2 and "already exists; it holds no sweep to continue" in r.stderr
+    assert f"delete {tmp_path / 'runs' / 'cola_lora'}" in r.stderr
     assert list((tmp_path / "runs" / "cola_lora").iterdir()) == []
+    r = run_main(COLA_SCRIPT, ["--smoke-test", "--resume", "--storage-path", str(tmp_path / "runs")],
+                 tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and "nothing to continue); delete" in r.stderr
     r = run_main(COLA_SCRIPT, ["--smoke-test", "--resume", "--storage-path", str(tmp_path / "x")],
                  tmp_path, monkeypatch, capsys)
     assert r.returncode == 2 and "--resume: no restorable experiment" in r.stderr

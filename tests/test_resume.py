@@ -58,6 +58,9 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     assert len(unfinished) >= 1 and set(unfinished["status"]) == {"interrupted"}, cut
     assert not (unfinished["status"] == "stopped").any()
     assert "stopped early" not in out.split("Sweep interrupted")[-1]
+    # the count printed is the trials that ended, not those the interrupt cut short
+    said = int(re.search(r"Sweep interrupted after (\d+) finished trials", out)[1])
+    assert said == int(cut["status"].isin(["completed", "stopped"]).sum()) == len(before), out
 
     # The interrupted driver was a real process (SIGINT); the resumes run in this process
     # (run_main), as the script would run them.
@@ -110,3 +113,17 @@ def test_resume_with_a_changed_study_flag_exits_2(change, needle, cola_smoke, sm
     assert needle in r.stderr and "--resume continues it as it was started" in r.stderr, r.stderr
     assert "interrupted" not in r.stdout + r.stderr
     assert sorted(p.name for p in (storage / "cola_lora").rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_run_again_without_resume_says_pass_resume(cola_smoke, smoke_storage,
+                                                                    tmp_path, monkeypatch, capsys):
+    import shutil
+
+    assert cola_smoke.returncode == 0
+    storage = tmp_path / "runs"
+    shutil.copytree(smoke_storage / "cola_lora", storage / "cola_lora")
+    r = run_main(COLA_SCRIPT, ["--smoke-test", *SMOKE_SERIAL, "--storage-path", str(storage)],
+                 tmp_path, monkeypatch, capsys)
+    assert r.returncode == 2 and not r.ray_started
+    assert "already exists; pass --resume to continue it" in r.stderr, r.stderr

@@ -59,7 +59,7 @@ def test_each_trial_end_reaches_optuna_as_what_it_was(tmp_path, capsys):
 def test_asha_rungs_survive_a_save_and_restore():
     from ray.tune.experiment import Trial
 
-    from search.resumable_asha import ResumableASHA, RungState
+    from search.resumable_schedulers import ResumableASHA, SchedulerState
 
     def asha():
         return ResumableASHA(time_attr="epoch", metric="val_mcc", mode="max", max_t=4,
@@ -74,10 +74,10 @@ def test_asha_rungs_survive_a_save_and_restore():
         first.on_trial_add(None, t)
     for tid, value in (("a", 0.5), ("b", 0.4)):
         first.on_trial_result(None, trials[tid], {"epoch": 1, "val_mcc": value})
-    saved = RungState(first).get_state()
+    saved = SchedulerState(first).get_state()
 
     restored = asha()
-    RungState(restored).set_state(saved)
+    SchedulerState(restored).set_state(saved)
     assert restored.rungs() == first.rungs()
     for t in trials.values():
         restored.on_trial_add(None, t)

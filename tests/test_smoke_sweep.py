@@ -72,6 +72,12 @@ def check_experiment(exp, out, num_samples, retrain_rows):
     assert "Leaderboard" in out and "Retrained best configurations" in out
     record = json.loads((exp / "experiment.json").read_text())
     assert record["study"] == "cola_lora" and "versions" in record
+    # the disk plan is printed, recorded, and errs high: the whole experiment fits in it
+    from search.disk import MB, tree_bytes
+
+    disk = record["disk"]
+    assert f"disk: about {disk['need_mb']:,.0f} MB written" in out
+    assert tree_bytes(exp) <= disk["need_mb"] * MB, (tree_bytes(exp) / MB, disk)
 
 
 @pytest.mark.slow

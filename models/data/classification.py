@@ -112,7 +112,16 @@ class ClassificationData:
 def tokenize_splits(splits: TextSplits, tokenizer, *, selection_fraction: float, seed: int,
                     max_length: int = 128, max_train_samples: int | None = None
                     ) -> ClassificationData:
-    """Tokenize every text once and draw the selection split."""
+    """Tokenize every text once and draw the selection split. ``max_length`` must fit the
+    context of the model the tokenizer belongs to (its ``name_or_path``: the model directory,
+    a teacher's, or an adapter's base), which would fail on any longer sentence."""
+    from models.hf import model_context
+
+    owner = getattr(tokenizer, "name_or_path", None)  # None: nothing says which model reads it
+    context = model_context(owner) if owner else None
+    if context is not None and max_length > context:
+        raise InputError(f"--max-length {max_length}: longer than the context of the model at "
+                         f"{owner} ({context} positions); allowed: 1 to {context}")
     train_text, train_labels = splits.train_text, splits.train_labels
     if max_train_samples is not None and max_train_samples < len(train_text):
         # A seeded, stratified subsample keeps the class balance of quick runs honest.

@@ -56,6 +56,7 @@ def read_cnndm_csv(path: Path, *, max_empty_fraction: float) -> tuple[list[tuple
                          f"{', '.join(REQUIRED)})") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    _check_header(path, df)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -74,6 +75,31 @@ def read_cnndm_csv(path: Path, *, max_empty_fraction: float) -> tuple[list[tuple
                          "--max-empty-fraction)")
     keep = ~empty
     return list(zip(article[keep], summary[keep])), n_empty
+
+
+def _check_header(path: Path, df) -> None:
+    """Every column named once (names compared without surrounding spaces), and no row with
+    more fields than the header: pandas would silently read the first such column, or make
+    the extra field an index and shift every column by one (a trailing comma on each row)."""
+    import csv
+
+    import pandas as pd
+
+    try:  # the header as written: pandas renames a repeated name ("article.1")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV ({e})") from None
+    names = [c.strip() for c in header]
+    twice = sorted({c for c in names if c and names.count(c) > 1})
+    if twice:
+        raise InputError(f"{path}: column {twice[0]!r} appears {names.count(twice[0])} times in "
+                         f"the header {header!r} (names compared without surrounding spaces); "
+                         "each column must be named once")
+    if not isinstance(df.index, pd.RangeIndex):
+        raise InputError(f"{path}: rows have {len(header) + df.index.nlevels} fields but the "
+                         f"header names {len(header)} ({', '.join(header)}): a trailing comma "
+                         "on every row? Every row must have as many fields as the header")
 
 
 def load_cnndm_dir(data_dir: str, *, seed: int, max_empty_fraction: float = 0.01) -> Articles:

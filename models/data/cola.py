@@ -29,7 +29,10 @@ def read_cola_tsv(path: Path) -> tuple[list[str], list[int], list[str]]:
         raise InputError(f"{path}: not UTF-8 text ({e})") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    for lineno, line in enumerate(raw.splitlines(), start=1):
+    # Rows end at "\n" (or "\r\n") only: str.splitlines() would also end one at U+2028,
+    # U+0085 and other characters that are legal text inside a sentence.
+    for lineno, line in enumerate(raw.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         cols = line.split("\t")
