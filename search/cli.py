@@ -181,6 +181,8 @@ def _run(study_name, args, prepare, variants, held: contextlib.ExitStack) -> int
     outcomes = []
     try:
         for plan in plans:
+            if signals.stop_requested():  # between one method's sweep and the next
+                return 130
             print_plan(plan, prepared, res)
             push(plan, plan.exp_dir / "experiment.json")
             code, summary = _sweep_and_retrain(plan, prepared, provenance())
@@ -237,8 +239,10 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     from search import sweep
 
     try:
-        grid = sweep.build_tuner(plan, prepared.data, prov, callbacks=[sweep.progress(plan)],
-                                 verbose=int(plan.verbose)).fit()
+        with signals.tune_fit():
+            grid = sweep.build_tuner(plan, prepared.data, prov,
+                                     callbacks=[sweep.progress(plan)],
+                                     verbose=int(plan.verbose)).fit()
     except Exception as e:  # noqa: BLE001  (only a storage failure is handled; others re-raise)
         cause = _database_error(e)
         if cause is None:
@@ -285,6 +289,10 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     print_leaderboard(plan, trials)
     if not plan.retrain_top_k:
         return 0, None
+    if signals.stop_requested():  # came as the sweep ended
+        print("\nInterrupted before the retrain; run the same command plus --resume to "
+              "retrain", flush=True)
+        return 130, None
     runs, complete = retraining.retrain(plan, trials, prepared.data, prov)
     hp = list(plan.space)
     summary = retraining.summarize_retrain(runs, hp, plan.study.report_columns)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from search import signals
 from search.disk import RETRAIN_CHECKPOINTS
 
 from search.sweep import (RETRAIN_DIR, RETRAIN_EXPERIMENT, SweepPlan, _reporter, _run_config,
@@ -117,7 +118,8 @@ def retrain(plan: SweepPlan, trials: pd.DataFrame, data, provenance: dict) -> pd
                 callbacks=[_retrain_saver(out_root, push), progress(plan, retrain=True)],
                 verbose=int(plan.verbose)),
         )
-        tuner.fit()  # each job is saved by SaveRetrain as soon as it finishes
+        with signals.tune_fit():
+            tuner.fit()  # each job is saved by SaveRetrain as soon as it finishes
     missing = [j["_job"] for j in jobs if not (out_root / j["_job"] / "metrics.json").is_file()]
     if missing:
         print(f"[retrain] not finished: {', '.join(missing)}; rerun the same command with "
