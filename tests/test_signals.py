@@ -17,8 +17,10 @@ def _deliver(sig):
 
 @pytest.fixture
 def installed():
+    # as a fresh command starts: Python's own SIGINT handler (an earlier test that ran Tune in
+    # this process may have left Tune's behind, which is what tune_fit guards against)
+    saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     previous = signals.install()
-    saved_int = signal.getsignal(signal.SIGINT)
     yield
     signals.restore(previous)
     signal.signal(signal.SIGINT, saved_int)
