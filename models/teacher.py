@@ -6,7 +6,6 @@ set and GLUE dev are computed up front, batched and without gradients, and shipp
 no trial ever runs the teacher."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
