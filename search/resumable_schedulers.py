@@ -11,14 +11,20 @@ state, so the restored callback still holds the restored scheduler.
 
 The state is kept by trial id: a restored experiment's trials are new ``Trial`` objects, added
 to the scheduler again (in another order) after the callbacks' state is set, and each is linked
-back into its place as ``on_trial_add`` sees it. Ray has no public way to read or set this
+back into its place as ``on_trial_add`` sees it.
+
+A decision to stop a trial can be taken but not yet carried out when the interrupt comes (Tune
+holds it back while the result's checkpoint is saved, and does not carry it out after a restore);
+the trial would then be resumed and run on. ``_StopsCarriedOver`` keeps the ids of the trials
+told to stop and not yet ended, and ends each again as it is added back. Ray has no public way to read or set this
 state: the private attributes used are all named in ``RAY_PRIVATE``."""
 from __future__ import annotations
 
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import (AsyncHyperBandScheduler, HyperBandForBOHB, HyperBandScheduler,
-                                 MedianStoppingRule)
+                                 MedianStoppingRule, TrialScheduler)
+from ray.tune.utils.util import flatten_dict
 from ray.tune.schedulers.async_hyperband import _Bracket as AsyncBracket
 from ray.tune.schedulers.hyperband import _Bracket as HyperBandBracket
 
@@ -64,7 +70,61 @@ class SchedulerState(tune.Callback):
         self.scheduler.load_state(state["scheduler"])
 
 
-class ResumableASHA(AsyncHyperBandScheduler):
+class _StopsCarriedOver:
+    """Ends again, as it is added back after a restore, a trial told to stop whose stop the
+    interrupt cut off: what Tune's ``stop_trial`` does for a running trial (the scheduler and
+    the searcher are told it completed with its last result), without the controller's own
+    bookkeeping, which cannot be changed while the trial is being added (Tune files it under
+    the status it leaves with)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stopping: set[str] = set()
+        self._restored_stops: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self._stopping.add(trial.trial_id)
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        self._stopping.discard(trial.trial_id)
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._stopping.discard(trial.trial_id)
+        super().on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._stopping.discard(trial.trial_id)
+        super().on_trial_error(tune_controller, trial)
+
+    def saved_state(self) -> dict:
+        return {**super().saved_state(), "stopping": sorted(self._stopping)}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self._restored_stops = set(state.get("stopping", ()))  # absent: saved before this
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.trial_id not in self._restored_stops:
+            return
+        self._restored_stops.discard(trial.trial_id)
+        if trial.is_finished():
+            return
+        result = flatten_dict(trial.last_result or {})
+        if result:
+            self.on_trial_complete(tune_controller, trial, result)
+            tune_controller.search_alg.on_trial_complete(trial.trial_id, result=result)
+        else:
+            self.on_trial_remove(tune_controller, trial)
+            tune_controller.search_alg.on_trial_complete(trial.trial_id)
+        trial.set_status(Trial.TERMINATED)
+
+
+class _ASHARungs(AsyncHyperBandScheduler):
     """ASHA with ``saved_state()``/``load_state()``: rungs as {milestone: {trial_id: value}}."""
 
     def __init__(self, *args, **kwargs):
@@ -176,16 +236,20 @@ def _relink(bracket: HyperBandBracket, trial: Trial) -> None:
         bracket.trials_to_unpause.add(trial)
 
 
-class ResumableHyperBand(_ResumableBrackets, HyperBandScheduler):
+class ResumableASHA(_StopsCarriedOver, _ASHARungs):
+    """ASHA whose rungs survive ``--resume``."""
+
+
+class ResumableHyperBand(_StopsCarriedOver, _ResumableBrackets, HyperBandScheduler):
     """HyperBand whose brackets survive ``--resume``."""
 
 
-class ResumableHyperBandForBOHB(_ResumableBrackets, HyperBandForBOHB):
+class ResumableHyperBandForBOHB(_StopsCarriedOver, _ResumableBrackets, HyperBandForBOHB):
     """BOHB's HyperBand whose brackets survive ``--resume`` (TuneBOHB, the searcher, is restored
     by Tune)."""
 
 
-class ResumableMedian(MedianStoppingRule):
+class _MedianResults(MedianStoppingRule):
     """The median stopping rule whose recorded results survive ``--resume``: a trial's best so
     far is compared with the other trials' running means, finished trials' included."""
 
@@ -213,3 +277,7 @@ class ResumableMedian(MedianStoppingRule):
         if tid in self._stopped_trials:
             self._stopped_trials.discard(tid)
             self._stopped_trials.add(trial)
+
+
+class ResumableMedian(_StopsCarriedOver, _MedianResults):
+    """The median stopping rule whose recorded results survive ``--resume``."""

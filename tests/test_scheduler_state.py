@@ -34,8 +34,12 @@ class Driver:
         self.queue = list(curves)  # trial ids the searcher has not suggested yet
         self.trials, self.epochs, self.reported, self.decisions = [], {}, {}, {}
         self.errors = set()  # (trial id, epoch): that epoch raises, once
-        # HyperBandForBOHB tells BOHB's searcher which trials it paused.
-        self.search_alg = SimpleNamespace(searcher=TuneBOHB(metric="m", mode="max"))
+        # HyperBandForBOHB tells BOHB's searcher which trials it paused; a stop carried over a
+        # restore tells the searcher the trial completed, as Tune's stop_trial does.
+        self.completed = []
+        self.search_alg = SimpleNamespace(
+            searcher=TuneBOHB(metric="m", mode="max"),
+            on_trial_complete=lambda tid, result=None: self.completed.append((tid, result)))
 
     def get_trials(self):
         return self.trials
@@ -111,6 +115,8 @@ def resume(driver: Driver, scheduler, carry_state: bool = True) -> Driver:
                       reverse=True):
         trial = Trial("trainable", config={}, trial_id=old.trial_id, stub=True)
         trial.set_status(old.status if old.status == Trial.TERMINATED else Trial.PENDING)
+        if driver.epochs[old.trial_id]:  # Tune restores each trial's last result
+            trial.update_last_result(driver._result(old))
         resumed.add(trial, driver.epochs[old.trial_id])
     return resumed
 
@@ -195,6 +201,38 @@ def test_hyperband_places_a_resumed_errored_trial_as_a_new_one():
     assert all(s == Trial.TERMINATED for _, s in second.outcome().values())
 
 
+ASHA_CURVES = {"A": [1.0, 2.0, 3.0, 4.0], "B": [1.5, 1.0, 1.1, 1.2]}
+
+
+def asha():
+    return ResumableASHA(time_attr="epoch", metric="m", mode="max", max_t=4, grace_period=1,
+                         reduction_factor=2)
+
+
+@pytest.mark.parametrize("make, curves, at_once, stopped", [
+    (hyperband(ResumableHyperBand), HB_CURVES, True, ("d", 1)),  # loses its halving
+    (hyperband(ResumableHyperBand), HB_CURVES, True, ("b", 2)),  # its bracket's last result
+    (hyperband(ResumableHyperBandForBOHB), HB_CURVES, True, ("b", 1)),
+    (asha, ASHA_CURVES, False, ("B", 2)),  # under rung 2's cut-off
+    (lambda: median(), None, False, ("e", 1)),  # under the median
+], ids=["hyperband-halving", "hyperband-finished", "bohb", "asha", "median"])
+def test_a_stop_the_interrupt_cut_off_is_carried_out_after_the_restore(make, curves, at_once,
+                                                                       stopped):
+    # Interrupted right after the decision to stop `stopped`, before Tune carried it out (Tune
+    # holds a decision back while the result's checkpoint is saved): resumed PENDING from its
+    # last epoch, the trial would run on (or, in a finished bracket, wait for ever).
+    curves = curves or MEDIAN_CURVES
+    whole = Driver(make(), curves, at_once)
+    whole.run()
+    assert whole.decisions[stopped] == STOP
+    tid, epoch = stopped
+    resumed = interrupted(make, curves, at_once, stopped)
+    assert resumed.outcome() == whole.outcome()
+    assert resumed.outcome()[tid] == (epoch, Trial.TERMINATED)
+    # The searcher hears of it as it would have from Tune, with the result it stopped at.
+    assert [(t, r["epoch"]) for t, r in resumed.completed] == [stopped]
+
+
 # The median rule after epoch 1 over 3 trials, one trial at a time. a, b and c run to the end;
 # d is above their median at epoch 1 (1.5 > 1.0) and under it at epoch 2 (best 1.5 < 2.0); e is
 # under it at epoch 1 (0.5 < median of 1.0, 1.2, 0.8, 1.5).
@@ -239,12 +277,15 @@ def test_median_state_keeps_time_and_metric_only():
 CONFIGURATION = {
     AsyncBracket: {"_stop_last_trials", "rf"},
     ResumableASHA: {"_counter", "_max_t", "_metric", "_metric_op", "_mode", "_reduction_factor",
-                    "_stop_last_trials", "_time_attr", "_restored_brackets"},
+                    "_stop_last_trials", "_time_attr", "_restored_brackets", "_stopping",
+                    "_restored_stops"},
     HyperBandBracket: set(),
     ResumableHyperBand: {"_eta", "_get_n0", "_get_r0", "_max_t_attr", "_metric_op", "_mode",
-                         "_s_max_1", "_stop_last_trials", "_restored_places"},
+                         "_s_max_1", "_stop_last_trials", "_restored_places", "_stopping",
+                         "_restored_stops"},
     ResumableMedian: {"_compare_op", "_grace_period", "_hard_stop", "_min_samples_required",
-                      "_min_time_slice", "_mode", "_trial_state", "_worst"},
+                      "_min_time_slice", "_mode", "_trial_state", "_worst", "_stopping",
+                      "_restored_stops"},
 }
 
 

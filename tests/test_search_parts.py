@@ -1,6 +1,8 @@
 """The driver's Ray-side parts on their own, without starting Ray: what the searcher tells
 Optuna about each kind of trial end (real Optuna, SQLite storage), closing a killed driver's
 orphans, ASHA's rungs through a save and restore, and the memory-monitor patch."""
+from types import SimpleNamespace
+
 import optuna
 import pytest
 from ray import tune
@@ -79,8 +81,14 @@ def test_asha_rungs_survive_a_save_and_restore():
     restored = asha()
     SchedulerState(restored).set_state(saved)
     assert restored.rungs() == first.rungs()
+    # b was told to stop (0.4 is under the rung's cut-off) and had not ended: it ends as it is
+    # added back, and the searcher hears of it, as from Tune's stop_trial.
+    completed = []
+    controller = SimpleNamespace(search_alg=SimpleNamespace(
+        on_trial_complete=lambda tid, result=None: completed.append(tid)))
     for t in trials.values():
-        restored.on_trial_add(None, t)
+        restored.on_trial_add(controller, t)
+    assert completed == ["b"] and trials["b"].status == Trial.TERMINATED
     # c, below the recorded rung's cut-off, is stopped at that rung as it would have been
     # without the restore (an empty rung would let it continue)
     fresh = asha()
