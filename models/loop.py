@@ -240,44 +240,15 @@ def train_loop(
             metrics = dict(evaluate(model))
             if train_stats is not None and counts:
                 metrics.update(train_stats({k: float(v) for k, v in counts.items()}))
-        value = metrics[best_metric]
-        if better(value, state.best, mode):
-            state.best, state.since_best = value, 0
-            if keep_best:
-                state.best_params = {n: p.detach().to("cpu", copy=True)
-                                     for n, p in model.named_parameters() if p.requires_grad}
-        else:
-            state.since_best += 1
-        state.stopped = (patience is not None and state.since_best >= patience) or \
-            state.failure is not None
-        state.epoch = epoch
-        epoch_s = time.perf_counter() - t0
-        state.elapsed_s += epoch_s
-        state.train_s_total += train_s
-        peak = memory.peak_mb()
-        state.peak_mem_mb = max(state.peak_mem_mb, peak)
-        state.train_mem_mb = max(state.train_mem_mb, max(peak - base_mb, 0.0))
-        for name, direction in (track or {}).items():
-            if name != best_metric:
-                value = metrics.get(name, float("nan"))
-                if better(value, state.bests.get(name), direction):
-                    state.bests[name] = value
-                metrics[f"best_{name}"] = state.bests.get(name, float("nan"))
-        metrics.update({
-            "train_loss": train_loss,
-            f"best_{best_metric}": state.best if state.best is not None else float("nan"),
-            "epoch": epoch,
-            "elapsed_s": state.elapsed_s,
-            "train_s": train_s,
-            "epoch_s": epoch_s,
-            "peak_mem_mb": peak,
-            "mean_train_s": state.train_s_total / epoch,
-            "max_peak_mem_mb": state.peak_mem_mb,
-            "train_mem_mb": max(peak - base_mb, 0.0),
-            "max_train_mem_mb": state.train_mem_mb,
-            "patience_stop": state.stopped and state.failure is None,
-            "last_epoch": state.stopped or epoch == max_epochs,
-        })
+        snapshot = None
+        if keep_best:
+            def snapshot():
+                return {n: p.detach().to("cpu", copy=True)
+                        for n, p in model.named_parameters() if p.requires_grad}
+        close_epoch(state, metrics, epoch=epoch, train_loss=train_loss, train_s=train_s,
+                    epoch_s=time.perf_counter() - t0, peak=memory.peak_mb(), base_mb=base_mb,
+                    best_metric=best_metric, mode=mode, patience=patience,
+                    max_epochs=max_epochs, track=track, snapshot=snapshot)
         report(metrics, state)
     if keep_best and state.best_params:
         with torch.no_grad():
@@ -285,6 +256,52 @@ def train_loop(
             for n, v in state.best_params.items():
                 named[n].copy_(v)
     return state
+
+
+def close_epoch(state: LoopState, metrics: dict, *, epoch: int, train_loss: float,
+                train_s: float, epoch_s: float, peak: float, base_mb: float, best_metric: str,
+                mode: str, patience: int | None, max_epochs: int, track: dict | None,
+                snapshot: Callable[[], dict] | None = None) -> None:
+    """An epoch's end, after its evaluation: best-so-far (``snapshot()``: the trainable
+    parameters to keep when this epoch is the best), patience, times and memory in ``state``;
+    ``metrics`` gets what every epoch's row reports besides the evaluation (see
+    ``train_loop``). Shared with the packed engine (models/packed), whose slots end epochs
+    one by one."""
+    value = metrics[best_metric]
+    if better(value, state.best, mode):
+        state.best, state.since_best = value, 0
+        if snapshot is not None:
+            state.best_params = snapshot()
+    else:
+        state.since_best += 1
+    state.stopped = (patience is not None and state.since_best >= patience) or \
+        state.failure is not None
+    state.epoch = epoch
+    state.elapsed_s += epoch_s
+    state.train_s_total += train_s
+    state.peak_mem_mb = max(state.peak_mem_mb, peak)
+    state.train_mem_mb = max(state.train_mem_mb, max(peak - base_mb, 0.0))
+    for name, direction in (track or {}).items():
+        if name != best_metric:
+            value = metrics.get(name, float("nan"))
+            if better(value, state.bests.get(name), direction):
+                state.bests[name] = value
+            metrics[f"best_{name}"] = state.bests.get(name, float("nan"))
+    metrics.update({
+        "train_loss": train_loss,
+        f"best_{best_metric}": state.best if state.best is not None else float("nan"),
+        "epoch": epoch,
+        "elapsed_s": state.elapsed_s,
+        "train_s": train_s,
+        "epoch_s": epoch_s,
+        "peak_mem_mb": peak,
+        "mean_train_s": state.train_s_total / epoch,
+        "max_peak_mem_mb": state.peak_mem_mb,
+        "train_mem_mb": max(peak - base_mb, 0.0),
+        "max_train_mem_mb": state.train_mem_mb,
+        "patience_stop": state.stopped and state.failure is None,
+        "last_epoch": state.stopped or epoch == max_epochs,
+    })
 
 
 def _step(params, optimizer, scheduler, grad_clip: float) -> None:

@@ -50,9 +50,27 @@ def _dedupe_epochs(rows: list[dict]) -> list[dict]:
     return [r for i, r in enumerate(rows) if last[r.get("epoch")] == i]
 
 
+def tune_statuses(exp_dir: Path) -> dict[str, str]:
+    """Tune's last recorded status of each trial (TERMINATED, ERROR, ...), from the newest
+    experiment snapshot in ``exp_dir``; {} when there is none or it cannot be read."""
+    snapshots = sorted(exp_dir.glob("experiment_state-*.json"))
+    if not snapshots:
+        return {}
+    try:
+        state = json.loads(snapshots[-1].read_text())
+        out = {}
+        for trial_json, _ in state["trial_data"]:
+            t = json.loads(trial_json) if isinstance(trial_json, str) else trial_json
+            out[str(t["trial_id"])] = str(t["status"])
+        return out
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
     """Every trial directory (one holding params.json or result.json) below ``exp_dir``."""
     exp = Path(exp_dir)
+    statuses = tune_statuses(exp)
     records = []
     for d in sorted(p for p in exp.iterdir() if p.is_dir()):
         if not ((d / "params.json").is_file() or (d / "result.json").is_file()):
@@ -67,8 +85,10 @@ def read_trials(exp_dir: str | Path) -> list[TrialRecord]:
         if not config and rows:
             config = rows[-1].get("config", {})
         # error.txt also records attempts that Tune retried from a checkpoint and that then
-        # went on: a trial whose last result says it completed did not end in error.
-        errored = (d / "error.txt").is_file() and not (rows and rows[-1].get("complete"))
+        # went on: a trial that Tune ended as TERMINATED (its scheduler stopped it, or it
+        # finished), or whose last result says it completed, did not end in error.
+        errored = ((d / "error.txt").is_file() and not (rows and rows[-1].get("complete"))
+                   and statuses.get(str(trial_id)) != "TERMINATED")
         records.append(TrialRecord(str(trial_id), d, config, rows, errored=errored,
                                    problems=problems))
     return records

@@ -238,11 +238,13 @@ def _sweep_and_retrain(plan, prepared: Prepared, prov: dict):
     from search import retrain as retraining
     from search import sweep
 
+    from search import packing
+
     try:
-        with signals.tune_fit():
+        with signals.tune_fit(), packing.engine(plan, prepared.data) as engine:
             grid = sweep.build_tuner(plan, prepared.data, prov,
                                      callbacks=[sweep.progress(plan)],
-                                     verbose=int(plan.verbose)).fit()
+                                     verbose=int(plan.verbose), engine=engine).fit()
     except Exception as e:  # noqa: BLE001  (only a storage failure is handled; others re-raise)
         cause = _database_error(e)
         if cause is None:

@@ -52,7 +52,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     from models.data.classification import tokenize_splits
     from models.hf import load_tokenizer, resolve_model
     from models.tiny import build_tiny_gpt2
-    from search.memory import estimate, largest, model_shape
+    from search.memory import estimate, largest, model_shape, packed_estimate
 
     study = get_study(f"cola_{args.method}")
     splits = load_cola_splits(args)
@@ -114,6 +114,11 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
             batch_size=largest(space, fixed, "batch_size", 32),
             tokens=max(len(x) for x in data.train_ids),  # batches pad to their longest
             **model_shape(tok_dir)),
+        packed_memory=lambda study, space, fixed, k: packed_estimate(
+            k=k, total_params=min(tot - t for t, tot in counts.values()),
+            slot_params=max(t for t, _ in counts.values()),
+            batch_size=largest(space, fixed, "batch_size", 32),
+            tokens=max(len(x) for x in data.train_ids), **model_shape(tok_dir)),
     )
 
 

@@ -119,6 +119,10 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--memory-per-trial", type=positive_float, default=None, metavar="GIB",
                    help="memory one trial may use, in GiB; trials run at once only as many as "
                         "fit (default: estimated from the model and the largest batch)")
+    g.add_argument("--pack", type=positive_int, default=1, metavar="K",
+                   help="train up to K trials at once on one shared copy of the base model, "
+                        "each still its own trial (CoLA LoRA; other methods run unpacked, and "
+                        "the plan says so); the retrain runs unpacked")
     g.add_argument("--storage-is-shared", action="store_true",
                    help="on a multi-node cluster, declare that --storage-path is a shared file "
                         "system mounted at the same path on every node")
@@ -212,7 +216,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
             optuna_storage=OWN, resume=OWN,
             num_samples=KEEP, max_epochs=KEEP, objectives=KEEP, startup_trials=KEEP,
             grace_period=KEEP, reduction_factor=KEEP, seed=KEEP, space=KEEP,
-            max_train_samples=KEEP, retrain_top_k=KEEP, retrain_seeds=KEEP,
+            max_train_samples=KEEP, retrain_top_k=KEEP, pack=KEEP, retrain_seeds=KEEP,
             smoke_test=KEEP,
             # length-grouped batches hold other sentences than shuffled ones
             no_length_grouping=KEEP)

@@ -74,6 +74,18 @@ def estimate(*, total_params: int, trainable_params: int, batch_size: int, token
     return Estimate(total, basis)
 
 
+def packed_estimate(*, k: int, total_params: int, slot_params: int, batch_size: int,
+                    tokens: int, hidden: int, layers: int, vocab: int = 0) -> Estimate:
+    """Peak bytes of one process training ``k`` packed adapters (models/packed): the process
+    and the frozen base once (``total_params``: the base's), each slot's ``slot_params``
+    (padded to the largest rank) with gradient and AdamW moments, and the activations of the
+    k batches side by side."""
+    del vocab  # a classifier sends no row through an LM head
+    one = estimate(total_params=total_params + k * slot_params, trainable_params=k * slot_params,
+                   batch_size=k * batch_size, tokens=tokens, hidden=hidden, layers=layers)
+    return Estimate(one.bytes, f"{k} packed trials: {one.basis}")
+
+
 def largest(space: dict, fixed: dict, name: str, default: int) -> int:
     """The largest value ``name`` takes in a sweep: its space dimension's top, or fixed."""
     if name in space:

@@ -102,6 +102,12 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
                 f"available: {plan.memory_note['fit']} fit"
                 + (f", {plan.memory_note['fitted']}" if plan.memory_note.get("fitted") else "")]
                if plan.memory_note else []),
+             *([f"   packed: up to {plan.pack} trials at once in one engine holding the base "
+                f"model once ({'the GPU' if res.gpus else f'all {plan.total_cpus} CPUs'}"
+                + (f", {plan.engine_memory / 2**30:.1f} GiB planned: "
+                   f"{plan.memory_note['packed']['basis']}" if plan.engine_memory else "")
+                + "); each is still its own trial; the retrain runs unpacked"]
+               if plan.pack > 1 else []),
              *([f"   disk: about {plan.disk_note['need_mb']:,.0f} MB written "
                 f"({plan.disk_note['basis']}); {plan.disk_note['free_mb']:,} MB free"]
                if plan.disk_note else []),

@@ -39,7 +39,7 @@ def _record(plan, name: str, args, prepared: Prepared, res, memory: dict | None,
               "space": {k: v.describe() for k, v in plan.space.items()},
               "flags": study_flags(args),  # what --resume compares (search.flags.declare)
               "fixed": plan.fixed, "num_samples": plan.num_samples,
-              "concurrency": plan.concurrency, "memory": memory, "disk": plan.disk_note or None,
+              "concurrency": plan.concurrency, "pack": plan.pack, "memory": memory, "disk": plan.disk_note or None,
               "gpus": res.gpus, "gpus_per_trial": plan.gpus_per_trial,
               "cpus_per_trial": args.cpus_per_trial, **prepared.describe,
               "optuna_storage": _masked(plan.optuna_url),
@@ -84,6 +84,14 @@ def _plan(args, suffix: str, variant: Variant, *, prepared: Prepared, res, stora
     points = (warm_start_points(args.warm_start, study.metric, study.mode, space,
                                 args.warm_start_top)
               if study.name == warm_study else [])
+    from search.packing import packable
+
+    pack = args.pack if packable(study) else 1
+    if args.pack > 1 and pack == 1:
+        print(f"--pack {args.pack}: {study.name} cannot be packed yet (CoLA LoRA can); its "
+              "trials run unpacked, one process each", flush=True)
+    if pack > 1:  # the engine's slots bound the trials at once; the engine has every CPU
+        concurrency = pack
     metric, mode = search_metrics[study.name]
     objectives = parse_objectives(args.objectives, study, searcher, scheduler,
                                   args.warm_start)
@@ -96,7 +104,8 @@ def _plan(args, suffix: str, variant: Variant, *, prepared: Prepared, res, stora
         num_samples=args.num_samples, max_epochs=args.max_epochs,
         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         startup_trials=args.startup_trials, seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
-        concurrency=concurrency, retrain_top_k=args.retrain_top_k,
+        concurrency=concurrency, retrain_top_k=args.retrain_top_k, pack=pack,
+        total_cpus=res.cpus if pack > 1 else 0,
         retrain_seeds=args.retrain_seeds, resume=args.resume,
         max_failures=args.max_failures, reuse_actors=res.address is None,
         remote=remote, verbose=args.verbose,

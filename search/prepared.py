@@ -30,6 +30,9 @@ class Prepared:
     # (study name, space, fixed) -> a trial's peak memory (search.memory.Estimate); None: not
     # estimated
     memory: Callable[[str, dict, dict], object] | None = None
+    # (study, space, fixed, k) -> the packed engine's peak memory with k slots
+    # (search.memory.packed_estimate); None: the study is not packed
+    packed_memory: Callable[[object, dict, dict, int], object] | None = None
     train_rows: int | None = None  # rows a sweep trial trains on: the largest sensible batch
     report_split: str | None = None  # where retrains are reported, when not the study's usual
     # (study name, space) -> the largest trainable-parameter count a trial can draw: the size

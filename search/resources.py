@@ -134,7 +134,29 @@ def plan_memory(plans: list, prepared: Prepared, args, res: Resources,
             "per_trial_gib": round(est.gib, 2), "basis": est.basis,
             "available_gib": round(avail / memory.GIB, 1), "fit": fit,
             **({**changes, "fitted": fitted} if changes else {})}
+        if plan.pack > 1 and prepared.packed_memory is not None:
+            _plan_packed(plan, prepared, avail)
     return notes
+
+
+def _plan_packed(plan, prepared: Prepared, avail: int) -> None:
+    """The engine's memory, the base counted once: K slots, or as many as fit (said)."""
+    from search import memory
+
+    for k in range(plan.pack, 0, -1):
+        est = prepared.packed_memory(plan.study, plan.space, plan.fixed, k)
+        if est.bytes <= avail:
+            break
+    if est.bytes > avail:
+        raise InputError(f"--pack {plan.pack}: not even one packed trial fits ({est.basis}; "
+                         f"{avail / memory.GIB:.1f} GiB available)")
+    if k < plan.pack:
+        print(f"--pack {plan.pack}: {k} packed trials fit in {avail / memory.GIB:.1f} GiB "
+              f"({est.basis}); packing {k}", flush=True)
+    plan.pack = plan.concurrency = k
+    plan.engine_memory = est.bytes
+    plan.memory_note["packed"] = {"slots": k, "engine_gib": round(est.gib, 2),
+                                  "basis": est.basis}
 
 
 def _fitted(plan, changes: dict) -> str:

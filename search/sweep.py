@@ -66,6 +66,10 @@ class SweepPlan:
     # (2..10), see search.algorithms.startup_trials.
     startup_trials: int | None = None
     verbose: bool = False  # -v: Ray's status tables too, besides search.progress's lines
+    # --pack K: trials train K at a time in the slots of one engine (search.packing); 1: each
+    # trial in its own process.
+    pack: int = 1
+    engine_memory: int = 0  # bytes: the packed engine's memory resource (0: not planned)
 
     def __post_init__(self):
         self.metric = self.metric or self.study.metric
@@ -113,9 +117,21 @@ def _param_space(plan: SweepPlan) -> dict:
             "_metric": plan.metric, **space}
 
 
-def _wrapped_trainable(plan: SweepPlan, data, provenance: dict, resources: dict | None = None):
+# A packed trial's own process only waits for its engine (which holds the CPUs, or the GPU):
+# the least Ray accepts, so that the concurrency limit, not the CPUs, bounds how many run.
+PACKED_TRIAL_CPUS = 0.01
+
+
+def _wrapped_trainable(plan: SweepPlan, data, provenance: dict, resources: dict | None = None,
+                       engine=None):
     from ray import tune
 
+    if engine is not None:  # a thin client of the engine, which has the data already
+        from models.packed.trial import packed_trainable_for
+
+        return tune.with_resources(
+            tune.with_parameters(packed_trainable_for(plan.study.name), provenance=provenance,
+                                 engine=engine.name), {"cpu": PACKED_TRIAL_CPUS})
     fn = plan.study.trainable
     return tune.with_resources(tune.with_parameters(fn, data=data, provenance=provenance),
                                resources or plan.resources)
@@ -176,9 +192,10 @@ def _trial_dirname(trial) -> str:
 
 
 def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks=(),
-                verbose: int = 1):
+                verbose: int = 1, engine=None):
     """A new Tuner, or the interrupted one restored when ``plan.resume``. ``stop`` (a Tune
-    stopper) and ``callbacks`` are for callers that watch or cut a sweep (the benchmarks)."""
+    stopper) and ``callbacks`` are for callers that watch or cut a sweep (the benchmarks).
+    ``engine``: the packed engine (``search.packing.Engine``), when trials are packed."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -186,7 +203,7 @@ def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks
     from search.oom import install
 
     install()  # a trial killed for memory fails alone (see search/oom.py)
-    trainable = _wrapped_trainable(plan, data, provenance)
+    trainable = _wrapped_trainable(plan, data, provenance, engine=engine)
     if plan.resume:
         # Finished trials are kept; the searcher's state and the scheduler's bookkeeping come
         # back from the experiment checkpoint, so the total stays num_samples.
@@ -201,6 +218,10 @@ def build_tuner(plan: SweepPlan, data, provenance: dict, *, stop=None, callbacks
     searcher = build_searcher(plan, plan.warm_start)
     scheduler = build_scheduler(plan)
     callbacks = list(callbacks)
+    if engine is not None:
+        from search.packing import EngineWatch
+
+        callbacks.append(EngineWatch(engine))
     if hasattr(scheduler, "load_state"):  # its bookkeeping is saved with the experiment
         from search.resumable_schedulers import SchedulerState
 

@@ -1,0 +1,205 @@
+"""The packed step: one optimizer step for every adapter that has a batch, on one shared base.
+
+Each slot is one trial's configuration: its own batches (batch size, seed, data order), learning
+rate and schedule, weight decay, dropout, rank and alpha, gradient clipping and AdamW state (one
+parameter group per slot in one fused AdamW; a slot without a batch this step has no gradient,
+so AdamW leaves it alone). A slot's losses equal the same configuration trained alone with
+``models.loop.train_loop`` (``tests/test_packed.py``): the step is that loop's step, done for
+S adapters at once.
+
+Each slot runs its own epochs: when its batches run out, ``step`` hands it back as finished
+(the caller evaluates and reports it, then calls ``start_epoch`` or ``release``); the other
+slots train on meanwhile."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from models.loop import autocast, to_device
+from models.packed.layers import PackedLoRA, routing_for
+
+
+@dataclass
+class SlotPlan:
+    """What the packed step needs of one trial's configuration."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    total_steps: int
+    seed: int
+
+
+@dataclass
+class _Slot:
+    plan: SlotPlan
+    batches: Iterator[dict] | None = None
+    step: int = 0  # optimizer steps taken (the schedule's position)
+    loss_sum: torch.Tensor | None = None
+    counts: torch.Tensor | None = None  # [4] tp, fp, tn, fn of the epoch's training batches
+    n_batches: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """``models.loop.build_optimizer``'s schedule: linear warm-up, then linear decay to 0."""
+    warmup = int(warmup_ratio * total)
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+class PackedTrainer:
+    """``model`` (a ``PackedLoRA``) and its slots on ``device``; ``pad_id``: the tokenizer's."""
+
+    def __init__(self, model: PackedLoRA, *, device, pad_id: int, init_std: float = 0.02,
+                 grad_clip: float = 1.0):
+        self.model, self.device, self.pad_id = model, device, pad_id
+        self.init_std, self.grad_clip = init_std, grad_clip
+        self.slots: dict[int, _Slot] = {}
+        self.last_losses: dict[int, torch.Tensor] = {}  # slot -> the last step's loss
+        params = [p for k in range(model.capacity) for p in model.slot_parameters(k)]
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        # One group per slot; lr and weight decay are set per slot at each step.
+        self.optimizer = torch.optim.AdamW(
+            [{"params": model.slot_parameters(k), "weight_decay": 0.0}
+             for k in range(model.capacity)], lr=0.0, fused=fused or None)
+
+    def free_slots(self) -> list[int]:
+        return [k for k in range(self.model.capacity) if k not in self.slots]
+
+    def attach(self, plan: SlotPlan, state: dict | None = None) -> int:
+        """A fresh adapter (or ``state``, from ``export``) in a free slot; -> the slot."""
+        slot = self.free_slots()[0]
+        for p in self.model.slot_parameters(slot):
+            self.optimizer.state.pop(p, None)
+        if state is None:
+            self.model.init_slot(slot, rank=plan.rank, alpha=plan.alpha, seed=plan.seed,
+                                 init_std=self.init_std)
+            step = 0
+        else:
+            self.model.load_slot(slot, state["weights"], rank=plan.rank, alpha=plan.alpha)
+            for p, saved in zip(self.model.slot_parameters(slot), state["adam"]):
+                self.optimizer.state[p] = {k: v.to(p.device) if k != "step" else v.clone()
+                                           for k, v in saved.items()}
+            step = state["step"]
+        self.slots[slot] = _Slot(plan, step=step)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.slots.pop(slot, None)
+
+    def export(self, slot: int) -> dict:
+        """What resumes the slot exactly: weights, AdamW state, the schedule's position."""
+        s = self.slots[slot]
+        adam = [{k: v.detach().cpu().clone() for k, v in self.optimizer.state.get(p, {}).items()}
+                for p in self.model.slot_parameters(slot)]
+        return {"weights": self.model.slot_state(slot, s.plan.rank), "adam": adam,
+                "step": s.step}
+
+    def start_epoch(self, slot: int, batches: Iterator[dict]) -> None:
+        s = self.slots[slot]
+        s.batches, s.n_batches, s.started = iter(batches), 0, time.perf_counter()
+        s.loss_sum = torch.zeros((), device=self.device)
+        s.counts = torch.zeros(4, device=self.device)
+
+    def step(self) -> list[int]:
+        """One packed step; -> the slots whose epoch ended (no batch was left for them)."""
+        taking, batches, ended = [], [], []
+        for k, s in self.slots.items():
+            if s.batches is None:
+                continue
+            batch = next(s.batches, None)
+            if batch is None:
+                s.batches = None
+                ended.append(k)
+            else:
+                taking.append(k)
+                batches.append(batch)
+        if taking:
+            self._train(taking, batches)
+        return ended
+
+    def epoch_stats(self, slot: int) -> dict:
+        """The finished epoch's mean training loss and confusion counts (one host sync)."""
+        s = self.slots[slot]
+        tp, fp, tn, fn = s.counts.tolist()
+        return {"train_loss": (s.loss_sum / max(s.n_batches, 1)).item(),
+                "counts": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+                "train_s": time.perf_counter() - s.started}
+
+    def _train(self, taking: list[int], batches: list[dict]) -> None:
+        packed = to_device(pack_batches(batches, self.pad_id), self.device)
+        sizes = [len(b["labels"]) for b in batches]
+        plans = [self.slots[k].plan for k in taking]
+        route = routing_for(taking, sizes, self.device, [p.dropout for p in plans])
+        self.model.train()
+        self.model.set_routing(route)
+        try:
+            with autocast(self.device):
+                logits = self.model(**packed)
+        finally:
+            self.model.set_routing(None)
+        labels = packed["labels"]
+        rows = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
+        n = torch.tensor(sizes, device=rows.device, dtype=rows.dtype)
+        losses = torch.zeros(len(taking), device=rows.device).index_add_(
+            0, route.row_slot, rows) / n  # [S]: each slot's mean over its rows
+        losses.sum().backward()
+        counts = _confusion(logits.detach().argmax(-1), labels, route.row_slot, len(taking))
+        self.last_losses = dict(zip(taking, losses.detach()))
+        for i, k in enumerate(taking):
+            s = self.slots[k]
+            s.loss_sum += losses[i].detach()
+            s.counts += counts[i]
+            s.n_batches += 1
+            torch.nn.utils.clip_grad_norm_(self.model.slot_parameters(k), self.grad_clip)
+            group = self.optimizer.param_groups[k]
+            group["lr"] = s.plan.learning_rate * lr_factor(s.step, s.plan.total_steps,
+                                                           s.plan.warmup_ratio)
+            group["weight_decay"] = s.plan.weight_decay
+            s.step += 1
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def forward_slot(self, slot: int) -> Callable:
+        """``forward(model, batch) -> logits`` of ``slot`` alone (for the evaluator)."""
+
+        def forward(model, batch):
+            route = routing_for([slot], [len(batch["input_ids"])], self.device)
+            model.set_routing(route)
+            try:
+                return model(**batch)
+            finally:
+                model.set_routing(None)
+
+        return forward
+
+
+def pack_batches(batches: list[dict], pad_id: int) -> dict:
+    """The slots' batches one after another, right-padded to the longest (extra right padding
+    changes nothing a causal classifier reads: its last real token sees only what precedes)."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+
+    def cat(key: str, value: int) -> torch.Tensor:
+        return torch.cat([F.pad(b[key], (0, width - b[key].shape[1]), value=value)
+                          for b in batches])
+
+    return {"input_ids": cat("input_ids", pad_id), "attention_mask": cat("attention_mask", 0),
+            "labels": torch.cat([b["labels"] for b in batches])}
+
+
+def _confusion(preds: torch.Tensor, labels: torch.Tensor, row_slot: torch.Tensor,
+               slots: int) -> torch.Tensor:
+    """[S, 4]: tp, fp, tn, fn per slot (positive = label 1)."""
+    kind = (preds == 1).long() * 2 + (labels == 1).long()  # 3 tp, 2 fp, 0 tn, 1 fn
+    cols = torch.tensor([3, 2, 0, 1], device=preds.device)
+    onehot = (kind.unsqueeze(1) == cols).float()  # [N, 4]
+    return torch.zeros(slots, 4, device=preds.device).index_add_(0, row_slot, onehot)

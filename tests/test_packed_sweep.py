@@ -1,0 +1,81 @@
+"""``--pack K`` on a real local Ray (search/packing.py): the smoke sweep's trials train three at
+a time in one engine, each still its own Tune trial (its own rows, checkpoints and ASHA
+decision); and an engine killed mid-sweep is started again, its trials resume from their
+checkpoints and the sweep ends as usual."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import COLA_SCRIPT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _packed_sweep(tmp_path: Path, on_start=None):
+    storage = tmp_path / "runs"
+    args = ["--smoke-test", "--pack", "3", "--storage-path", str(storage),
+            "--retrain-top-k", "1", "--retrain-seeds", "1"]
+    watcher = None
+    if on_start is not None:
+        watcher = threading.Thread(target=on_start, args=(storage,), daemon=True)
+        watcher.start()
+    r = run_cli(COLA_SCRIPT, args, tmp_path, timeout=600)
+    if watcher is not None:
+        watcher.join(timeout=5)
+    return r, storage / "cola_lora"
+
+
+def test_packed_sweep_runs_each_configuration_as_its_own_trial(tmp_path):
+    r, exp = _packed_sweep(tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout
+    assert "packed: up to 3 trials at once in one engine" in out
+    assert "Traceback" not in r.stderr
+    trials = pd.read_csv(exp / "trials.csv")
+    epochs = pd.read_csv(exp / "epochs.csv")
+    assert len(trials) == 6  # the smoke test's trials, each its own trial
+    assert set(epochs["packed_slots"]) == {3}
+    # Each trial counts its own adapter (its rank), not the engine's.
+    for _, t in trials.iterrows():
+        rows = epochs[epochs["trial_id"] == t["trial_id"]]
+        assert rows["trainable_params"].nunique() == 1
+    by_rank = epochs.groupby("lora_r")["trainable_params"].first() if "lora_r" in epochs else None
+    if by_rank is not None and len(by_rank) > 1:
+        assert by_rank.is_monotonic_increasing
+    # The scheduler still decides per trial: some trials ran fewer epochs than others.
+    runs = epochs.groupby("trial_id")["epoch"].max()
+    assert runs.min() < runs.max() == 3
+    record = json.loads((exp / "experiment.json").read_text())
+    assert record["pack"] == 3 and record["memory"]["packed"]["slots"] == 3
+    # The retrain ran unpacked (its own processes), and reported.
+    assert (exp / "retrain.csv").exists()
+
+
+def _kill_engine_after_first_checkpoint(storage: Path) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if list(storage.glob("cola_lora/trial_*/checkpoint_*")):
+            subprocess.run(["pkill", "-9", "-f", "ray::EngineHost"], check=False)
+            return
+        time.sleep(0.05)
+
+
+def test_a_killed_engine_is_started_again_and_its_trials_resume(tmp_path):
+    r, exp = _packed_sweep(tmp_path, on_start=_kill_engine_after_first_checkpoint)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "the packed engine died; starting it again" in r.stdout
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 6
+    assert (trials["status"] != "failed").all(), trials[["trial_id", "status"]]
+    epochs = pd.read_csv(exp / "epochs.csv")
+    # Every trial's epochs are 1..n without a gap or a repeat: those cut off by the kill went
+    # on from their last checkpoint.
+    for tid, rows in epochs.groupby("trial_id"):
+        assert list(rows["epoch"]) == list(range(1, len(rows) + 1)), tid
