@@ -35,6 +35,7 @@ CASES = [
     ("alpha-nonpositive", ["--space", "lora_alpha=0,16"], ["lora_alpha=0", "> 0"]),
     ("dropout-one", ["--space", "lora_dropout=0:1"], ["lora_dropout=1", "[0, 1)"]),
     ("num-samples-zero", ["--num-samples", "0"], ["--num-samples", "0", ">= 1"]),
+    ("pack-zero", ["--pack", "0"], ["--pack", "0", ">= 1"]),
     ("too-many-gpus", ["--gpus", "64"], ["--gpus 64", "asked for 64 GPUs, found"]),
     ("missing-data-dir", lambda t: ["--data-dir", str(t / "nowhere")], ["--data-dir", "nowhere", "no such directory"]),
     ("data-dir-without-files", lambda t: ["--data-dir", str(t)], ["--data-dir", "CoLA files not found", "in_domain_train.tsv"]),
@@ -122,7 +123,7 @@ def test_help_lists_every_flag(tmp_path):
                  "--grace-period", "--reduction-factor", "--name", "--storage-path", "--resume",
                  "--seed", "--max-train-samples", "--retrain-top-k", "--retrain-seeds",
                  "--smoke-test", "--model", "--target-modules", "--data-dir", "--address",
-                 "--storage-is-shared", "--max-failures", "--optuna-storage"):
+                 "--storage-is-shared", "--max-failures", "--optuna-storage", "--pack"):
         assert flag in r.stdout, flag
 
 

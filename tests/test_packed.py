@@ -230,3 +230,47 @@ def test_engine_trains_each_trial_as_alone_beside_others(tiny_llama):
         for a, b in zip(together[i], alone[i]):
             for k in a:
                 assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (i, k)
+
+
+def test_engine_refuses_what_it_cannot_pack_and_frees_a_slot_mid_epoch(tiny_llama,
+                                                                       monkeypatch):
+    """A rank above the engine's largest, micro-batches or --compile are a config error (the
+    trial ends once, naming the field); a slot released while its trial waits for an epoch
+    (Tune ended the trial) hands the wait back empty, and the slot is free again. The epoch
+    here never ends (its batches repeat for ever), so the release always comes mid-epoch."""
+    import itertools
+    import threading
+
+    import models.packed.engine as engine_module
+
+    from models.data.classification import tokenize_splits
+    from models.data.cola import synthetic_cola
+    from models.errors import ConfigError
+    from models.hf import load_tokenizer
+    from models.loop import LoopState
+    from models.packed.engine import PackedEngine
+
+    data = tokenize_splits(synthetic_cola(n_train=40, n_dev=20), load_tokenizer(tiny_llama),
+                           selection_fraction=0.25, seed=0)
+    eng = PackedEngine(model_dir=tiny_llama, data=data, capacity=1, max_rank=8,
+                       target_modules=None)
+    for bad in ({"lora_r": 16}, {"micro_batch_size": 4}, {"compile": True}):
+        with pytest.raises(ConfigError) as e:
+            eng.attach(ColaLoraConfig(model=tiny_llama, **bad), owner="x")
+        assert next(iter(bad)) in str(e.value)
+    endless = lambda ids, labels, **kw: itertools.cycle(  # noqa: E731
+        [next(classification_batches(ids, labels, batch_size=2, pad_id=kw["pad_id"]))])
+    monkeypatch.setattr(engine_module, "classification_batches", endless)
+    cfg = ColaLoraConfig(model=tiny_llama, batch_size=2, max_epochs=1)
+    slot = eng.attach(cfg, owner="a")
+    out = {}
+    waiter = threading.Thread(target=lambda: out.update(r=eng.run_epoch(slot, LoopState())),
+                              daemon=True)
+    waiter.start()
+    while slot not in eng.jobs:  # until its epoch has begun
+        threading.Event().wait(0.01)
+    eng.release_owner("a")
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and out["r"] is None
+    assert eng.attach(cfg, owner="b", wait=False) == slot
+    eng.close()

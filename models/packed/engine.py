@@ -32,6 +32,7 @@ class _Job:
     loop: LoopState
     result: tuple | None = None
     error: BaseException | None = None
+    released: bool = False
 
 
 class PackedEngine:
@@ -103,9 +104,10 @@ class PackedEngine:
             self.owners[slot] = owner
             return slot
 
-    def run_epoch(self, slot: int, loop: LoopState) -> tuple[dict, dict, LoopState]:
+    def run_epoch(self, slot: int, loop: LoopState) -> tuple[dict, dict, LoopState] | None:
         """Train ``slot`` for its next epoch (``loop.epoch + 1``) beside the other slots,
-        evaluate it and close the epoch: -> (metrics, the slot's state, the loop state)."""
+        evaluate it and close the epoch: -> (metrics, the slot's state, the loop state); None
+        when the slot was released meanwhile (the trial was ended)."""
         cfg = self.cfgs[slot]
         epoch = loop.epoch + 1
         batches = classification_batches(self.ids, self.labels, batch_size=cfg.batch_size,
@@ -116,11 +118,11 @@ class PackedEngine:
             self.trainer.start_epoch(slot, batches)
             self.jobs[slot] = job
             self.cond.notify_all()
-            while job.result is None and job.error is None:
+            while job.result is None and job.error is None and not job.released:
                 self.cond.wait()
         if job.error is not None:
             raise job.error
-        return job.result
+        return job.result  # None when released
 
     def release(self, slot: int) -> None:
         with self.cond:
@@ -129,7 +131,9 @@ class PackedEngine:
             self.owners.pop(slot, None)
             job = self.jobs.pop(slot, None)
             if job is not None and job.result is None:
-                job.error = RuntimeError(f"slot {slot} was released during its epoch")
+                # Tune ended the trial (its scheduler's stop of the previous epoch's result
+                # arrived while its process had gone on to the next epoch): nothing to report.
+                job.released = True
             self.cond.notify_all()
 
     def release_owner(self, owner: str) -> None:

@@ -7,6 +7,12 @@ raises in training mode. The maths per adapter is peft's LoRA: ``base(x) + B(A(d
 alpha / r`` on the targeted layers, and a classification head of its own (peft's
 ``modules_to_save`` copy of ``score``).
 
+Every slot's weights of one layer live in one tensor (HFTA's layout): ``lora_A`` [C, R, in],
+``lora_B`` [C, out, R], the head [C, labels, hidden], C = the capacity. So the work of a step
+(forward, backward, clipping, the optimizer in ``models.packed.trainer``) is one operation per
+layer whatever the number of slots: the per-operator cost that bounds a small trial on a GPU is
+paid once for all of them.
+
 Shapes: N rows in the packed batch (the adapters' batches one after another), T tokens, S
 adapters taking part in this step, R = the largest rank, P = the padded rows per adapter (its
 largest batch). ``Routing`` carries, for one step, which rows belong to which adapter."""
@@ -21,24 +27,29 @@ from torch import nn
 
 @dataclass
 class Routing:
-    """One packed step's rows. ``slots``: the slot number of each of the S adapters in this
-    step; ``gather`` [S * P]: for each padded row, its row in the packed batch (padding points
-    at row 0 and is thrown away); ``scatter`` [N]: for each packed row, its padded row;
-    ``row_slot`` [N]: each row's position among the S adapters; ``dropout`` [S]: each one's
-    dropout probability (None: none has dropout, or evaluation). When every adapter brings
-    the same number of rows, ``gather`` and ``scatter`` are None: the packed batch is already
-    [S, P] rows, and the adapters' paths read it as a view (no copy of the activations)."""
+    """One packed step's rows. ``slots`` [S]: the slot of each adapter in this step (None:
+    every slot, in order); ``gather`` [S * P]: for each padded row, its row in the packed batch
+    (padding points at row 0 and is thrown away); ``scatter`` [N]: for each packed row, its
+    padded row; ``row_slot`` [N]: each row's position among the S adapters; ``dropout`` [S]:
+    each one's dropout probability (None: none has dropout, or evaluation). When every adapter
+    brings the same number of rows, ``gather`` and ``scatter`` are None: the packed batch is
+    already [S, P] rows, and the adapters' paths read it as a view (no copy)."""
 
-    slots: list[int]
+    slots: torch.Tensor | None
+    count: int  # S
     gather: torch.Tensor | None
     scatter: torch.Tensor | None
     row_slot: torch.Tensor
     rows: int  # P
     dropout: torch.Tensor | None = None
 
+    def pick(self, weights: torch.Tensor) -> torch.Tensor:
+        """[C, ...] -> [S, ...]: the weights of this step's adapters."""
+        return weights if self.slots is None else weights.index_select(0, self.slots)
 
-def routing_for(slots: list[int], sizes: list[int], device, dropout: list[float] | None = None
-                ) -> Routing:
+
+def routing_for(slots: list[int], sizes: list[int], device, dropout: list[float] | None = None,
+                capacity: int | None = None) -> Routing:
     """The routing of a packed batch made of ``sizes[i]`` rows of adapter ``slots[i]``, in
     that order."""
     rows = max(sizes)
@@ -55,9 +66,11 @@ def routing_for(slots: list[int], sizes: list[int], device, dropout: list[float]
     p = None
     if dropout is not None and any(d > 0 for d in dropout):
         p = torch.tensor(dropout, dtype=torch.float32, device=device)
+    every = capacity is not None and list(slots) == list(range(capacity))
+    picked = None if every else tensor(slots)
     if len(set(sizes)) == 1:
-        return Routing(list(slots), None, None, tensor(row_slot), rows, p)
-    return Routing(list(slots), tensor(gather), tensor(scatter), tensor(row_slot), rows, p)
+        return Routing(picked, len(slots), None, None, tensor(row_slot), rows, p)
+    return Routing(picked, len(slots), tensor(gather), tensor(scatter), tensor(row_slot), rows, p)
 
 
 _LEVELS = 1 << 16
@@ -80,11 +93,9 @@ def dropout_mask(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 class PackedLoRALinear(nn.Module):
     """A frozen ``nn.Linear`` (or GPT-2's ``Conv1D``) plus one LoRA pair per slot.
 
-    Slot k holds ``lora_A[k]`` [R, in] and ``lora_B[k]`` [out, R], separate parameters so that
-    the optimizer keeps each slot's state (and learning rate) apart; a slot of rank r < R has
-    zero rows in A and zero columns in B past r, and its scale-and-mask ``scale[k]`` [R] is
-    alpha / r over the first r entries and 0 after them, so those stay zero (their gradients
-    are zero, so AdamW never moves them)."""
+    ``lora_A`` [C, R, in] and ``lora_B`` [C, out, R]; a slot of rank r < R has zero rows in
+    A and zero columns in B past r, and its scale-and-mask ``scale[k]`` [R] is alpha / r over
+    the first r entries and 0 after them, so those stay zero (their gradients are zero)."""
 
     def __init__(self, base: nn.Module, capacity: int, max_rank: int, routing_box: list):
         super().__init__()
@@ -95,10 +106,8 @@ class PackedLoRALinear(nn.Module):
         self.in_features, self.out_features = (
             weight.shape[::-1] if not self.fan_in_fan_out else weight.shape)
         kw = {"device": weight.device, "dtype": torch.float32}
-        self.lora_A = nn.ParameterList(
-            nn.Parameter(torch.zeros(max_rank, self.in_features, **kw)) for _ in range(capacity))
-        self.lora_B = nn.ParameterList(
-            nn.Parameter(torch.zeros(self.out_features, max_rank, **kw)) for _ in range(capacity))
+        self.lora_A = nn.Parameter(torch.zeros(capacity, max_rank, self.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(capacity, self.out_features, max_rank, **kw))
         self.register_buffer("scale", torch.zeros(capacity, max_rank, **kw), persistent=False)
         self._routing = routing_box  # [Routing | None], shared by every packed layer
 
@@ -107,16 +116,14 @@ class PackedLoRALinear(nn.Module):
         route: Routing | None = self._routing[0]
         if route is None:
             return y
-        n, t = x.shape[0], x.shape[1]
-        s = len(route.slots)
+        t, s = x.shape[1], route.count
         # [S, P*T, in]: each adapter's rows, padded to P rows.
         xs = x if route.gather is None else x.index_select(0, route.gather)
         xs = xs.reshape(s, route.rows * t, self.in_features)
         if route.dropout is not None and self.training:
             xs = xs * dropout_mask(xs, route.dropout)
-        a = torch.stack([self.lora_A[k] for k in route.slots])  # [S, R, in]
-        b = torch.stack([self.lora_B[k] for k in route.slots])  # [S, out, R]
-        scale = self.scale[route.slots].unsqueeze(1)  # [S, 1, R]
+        a, b = route.pick(self.lora_A), route.pick(self.lora_B)  # [S, R, in], [S, out, R]
+        scale = route.pick(self.scale).unsqueeze(1)  # [S, 1, R]
         h = torch.bmm(xs.to(a.dtype), a.transpose(1, 2)) * scale  # [S, P*T, R]
         delta = torch.bmm(h, b.transpose(1, 2))  # [S, P*T, out]
         delta = delta.reshape(s * route.rows, t, self.out_features)
@@ -134,21 +141,18 @@ class PackedHead(nn.Module):
         self.out_features, self.in_features = base.weight.shape
         self.has_bias = base.bias is not None
         kw = {"device": base.weight.device, "dtype": torch.float32}
-        self.weight = nn.ParameterList(
-            nn.Parameter(torch.zeros(self.out_features, self.in_features, **kw))
-            for _ in range(capacity))
-        self.bias = nn.ParameterList(
-            nn.Parameter(torch.zeros(self.out_features, **kw)) for _ in range(capacity)
-        ) if self.has_bias else None
+        self.weight = nn.Parameter(
+            torch.zeros(capacity, self.out_features, self.in_features, **kw))
+        self.bias = (nn.Parameter(torch.zeros(capacity, self.out_features, **kw))
+                     if self.has_bias else None)
         self._routing = routing_box
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, T, h] -> [N, T, labels]
         route: Routing = self._routing[0]
-        w = torch.stack([self.weight[k] for k in route.slots])  # [S, labels, h]
-        logits = torch.bmm(hidden.float(), w.index_select(0, route.row_slot).transpose(1, 2))
+        w = route.pick(self.weight).index_select(0, route.row_slot)  # [N, labels, h]
+        logits = torch.bmm(hidden.float(), w.transpose(1, 2))
         if self.has_bias:
-            b = torch.stack([self.bias[k] for k in route.slots])
-            logits = logits + b.index_select(0, route.row_slot).unsqueeze(1)
+            logits = logits + route.pick(self.bias).index_select(0, route.row_slot).unsqueeze(1)
         return logits
 
 
@@ -196,14 +200,15 @@ class PackedLoRA(nn.Module):
         return self.classifier(input_ids=batch["input_ids"],
                                attention_mask=batch["attention_mask"]).logits
 
-    def slot_parameters(self, slot: int) -> list[nn.Parameter]:
-        """Slot ``slot``'s trainable parameters, in a fixed order."""
-        params = [p for layer in self.layers.values()
-                  for p in (layer.lora_A[slot], layer.lora_B[slot])]
-        params.append(self.head.weight[slot])
+    def slotted(self) -> dict[str, nn.Parameter]:
+        """Every trainable tensor, [C, ...] (slot first), by name."""
+        out = {}
+        for path, layer in self.layers.items():
+            out[f"{path}.lora_A"], out[f"{path}.lora_B"] = layer.lora_A, layer.lora_B
+        out["head.weight"] = self.head.weight
         if self.head.bias is not None:
-            params.append(self.head.bias[slot])
-        return params
+            out["head.bias"] = self.head.bias
+        return out
 
     @torch.no_grad()
     def init_slot(self, slot: int, *, rank: int, alpha: float, seed: int,
@@ -225,31 +230,30 @@ class PackedLoRA(nn.Module):
             a.zero_()
             a[:rank].copy_(torch.rand((rank, layer.in_features), generator=g) * 2 * bound - bound)
             layer.lora_B[slot].zero_()
-            layer.scale[slot].zero_()
-            layer.scale[slot, :rank] = alpha / rank
+            self._set_scale(layer, slot, rank, alpha)
+
+    @staticmethod
+    def _set_scale(layer: PackedLoRALinear, slot: int, rank: int, alpha: float) -> None:
+        layer.scale[slot].zero_()
+        layer.scale[slot, :rank] = alpha / rank
 
     def slot_state(self, slot: int, rank: int) -> dict[str, torch.Tensor]:
         """Slot ``slot``'s weights at their own rank (CPU copies): {path.lora_A: [r, in],
         path.lora_B: [out, r], head.weight, head.bias}."""
         out = {}
-        for path, layer in self.layers.items():
-            out[f"{path}.lora_A"] = layer.lora_A[slot][:rank].detach().cpu().clone()
-            out[f"{path}.lora_B"] = layer.lora_B[slot][:, :rank].detach().cpu().clone()
-        out["head.weight"] = self.head.weight[slot].detach().cpu().clone()
-        if self.head.bias is not None:
-            out["head.bias"] = self.head.bias[slot].detach().cpu().clone()
+        for name, p in self.slotted().items():
+            v = p[slot]
+            v = v[:rank] if name.endswith("lora_A") else v[:, :rank] if name.endswith("lora_B") else v
+            out[name] = v.detach().cpu().clone()
         return out
 
     @torch.no_grad()
     def load_slot(self, slot: int, state: dict[str, torch.Tensor], *, rank: int,
                   alpha: float) -> None:
-        for path, layer in self.layers.items():
-            layer.lora_A[slot].zero_()
-            layer.lora_A[slot][:rank].copy_(state[f"{path}.lora_A"])
-            layer.lora_B[slot].zero_()
-            layer.lora_B[slot][:, :rank].copy_(state[f"{path}.lora_B"])
-            layer.scale[slot].zero_()
-            layer.scale[slot, :rank] = alpha / rank
-        self.head.weight[slot].copy_(state["head.weight"])
-        if self.head.bias is not None:
-            self.head.bias[slot].copy_(state["head.bias"])
+        for name, p in self.slotted().items():
+            p[slot].zero_()
+            v = p[slot]
+            v = v[:rank] if name.endswith("lora_A") else v[:, :rank] if name.endswith("lora_B") else v
+            v.copy_(state[name])
+        for layer in self.layers.values():
+            self._set_scale(layer, slot, rank, alpha)

@@ -1,11 +1,15 @@
 """The packed step: one optimizer step for every adapter that has a batch, on one shared base.
 
 Each slot is one trial's configuration: its own batches (batch size, seed, data order), learning
-rate and schedule, weight decay, dropout, rank and alpha, gradient clipping and AdamW state (one
-parameter group per slot in one fused AdamW; a slot without a batch this step has no gradient,
-so AdamW leaves it alone). A slot's losses equal the same configuration trained alone with
-``models.loop.train_loop`` (``tests/test_packed.py``): the step is that loop's step, done for
-S adapters at once.
+rate and schedule, weight decay, dropout, rank and alpha, gradient clipping and AdamW state. A
+slot's losses equal the same configuration trained alone with ``models.loop.train_loop``
+(``tests/test_packed.py``): the step is that loop's step, done for S adapters at once.
+
+The optimizer is AdamW written over the slot-first tensors of ``models.packed.layers`` (one
+tensor per layer for all slots), with the learning rate, weight decay and step count a vector
+over slots: torch's AdamW takes one learning rate per parameter group, and a group per slot
+would cost operations per slot and parameter. Its arithmetic is torch's AdamW's (decoupled
+decay, bias corrections per slot); a slot without a batch this step is left as it is.
 
 Each slot runs its own epochs: when its batches run out, ``step`` hands it back as finished
 (the caller evaluates and reports it, then calls ``start_epoch`` or ``release``); the other
@@ -21,6 +25,8 @@ import torch.nn.functional as F
 
 from models.loop import autocast, to_device
 from models.packed.layers import PackedLoRA, routing_for
+
+BETAS, EPS = (0.9, 0.999), 1e-8  # torch's AdamW defaults, as models.loop.build_optimizer uses
 
 
 @dataclass
@@ -65,30 +71,33 @@ class PackedTrainer:
         self.init_std, self.grad_clip = init_std, grad_clip
         self.slots: dict[int, _Slot] = {}
         self.last_losses: dict[int, torch.Tensor] = {}  # slot -> the last step's loss
-        params = [p for k in range(model.capacity) for p in model.slot_parameters(k)]
-        fused = all(p.device.type in ("cpu", "cuda") for p in params)
-        # One group per slot; lr and weight decay are set per slot at each step.
-        self.optimizer = torch.optim.AdamW(
-            [{"params": model.slot_parameters(k), "weight_decay": 0.0}
-             for k in range(model.capacity)], lr=0.0, fused=fused or None)
+        self.params = model.slotted()
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
+        cap = model.capacity
+        self.adam_steps = torch.zeros(cap, dtype=torch.float64)  # per slot, on the host
 
     def free_slots(self) -> list[int]:
         return [k for k in range(self.model.capacity) if k not in self.slots]
 
+    @torch.no_grad()
     def attach(self, plan: SlotPlan, state: dict | None = None) -> int:
         """A fresh adapter (or ``state``, from ``export``) in a free slot; -> the slot."""
         slot = self.free_slots()[0]
-        for p in self.model.slot_parameters(slot):
-            self.optimizer.state.pop(p, None)
         if state is None:
             self.model.init_slot(slot, rank=plan.rank, alpha=plan.alpha, seed=plan.seed,
                                  init_std=self.init_std)
+            for n in self.params:
+                self.exp_avg[n][slot].zero_()
+                self.exp_avg_sq[n][slot].zero_()
+            self.adam_steps[slot] = 0
             step = 0
         else:
             self.model.load_slot(slot, state["weights"], rank=plan.rank, alpha=plan.alpha)
-            for p, saved in zip(self.model.slot_parameters(slot), state["adam"]):
-                self.optimizer.state[p] = {k: v.to(p.device) if k != "step" else v.clone()
-                                           for k, v in saved.items()}
+            for n in self.params:
+                self.exp_avg[n][slot].copy_(state["adam"]["exp_avg"][n])
+                self.exp_avg_sq[n][slot].copy_(state["adam"]["exp_avg_sq"][n])
+            self.adam_steps[slot] = float(state["adam"]["step"])
             step = state["step"]
         self.slots[slot] = _Slot(plan, step=step)
         return slot
@@ -97,11 +106,14 @@ class PackedTrainer:
         self.slots.pop(slot, None)
 
     def export(self, slot: int) -> dict:
-        """What resumes the slot exactly: weights, AdamW state, the schedule's position."""
+        """What resumes the slot exactly: weights, AdamW state, the schedule's position
+        (padded to the engine's largest rank: the AdamW state of padding is zero)."""
         s = self.slots[slot]
-        adam = [{k: v.detach().cpu().clone() for k, v in self.optimizer.state.get(p, {}).items()}
-                for p in self.model.slot_parameters(slot)]
-        return {"weights": self.model.slot_state(slot, s.plan.rank), "adam": adam,
+        return {"weights": self.model.slot_state(slot, s.plan.rank),
+                "adam": {"exp_avg": {n: v[slot].cpu().clone() for n, v in self.exp_avg.items()},
+                         "exp_avg_sq": {n: v[slot].cpu().clone()
+                                        for n, v in self.exp_avg_sq.items()},
+                         "step": float(self.adam_steps[slot])},
                 "step": s.step}
 
     def start_epoch(self, slot: int, batches: Iterator[dict]) -> None:
@@ -113,7 +125,8 @@ class PackedTrainer:
     def step(self) -> list[int]:
         """One packed step; -> the slots whose epoch ended (no batch was left for them)."""
         taking, batches, ended = [], [], []
-        for k, s in self.slots.items():
+        for k in sorted(self.slots):
+            s = self.slots[k]
             if s.batches is None:
                 continue
             batch = next(s.batches, None)
@@ -139,7 +152,8 @@ class PackedTrainer:
         packed = to_device(pack_batches(batches, self.pad_id), self.device)
         sizes = [len(b["labels"]) for b in batches]
         plans = [self.slots[k].plan for k in taking]
-        route = routing_for(taking, sizes, self.device, [p.dropout for p in plans])
+        route = routing_for(taking, sizes, self.device, [p.dropout for p in plans],
+                            capacity=self.model.capacity)
         self.model.train()
         self.model.set_routing(route)
         try:
@@ -155,19 +169,63 @@ class PackedTrainer:
         losses.sum().backward()
         counts = _confusion(logits.detach().argmax(-1), labels, route.row_slot, len(taking))
         self.last_losses = dict(zip(taking, losses.detach()))
+        lr = torch.zeros(self.model.capacity, dtype=torch.float64)
+        decay = torch.zeros(self.model.capacity, dtype=torch.float64)
         for i, k in enumerate(taking):
             s = self.slots[k]
             s.loss_sum += losses[i].detach()
             s.counts += counts[i]
             s.n_batches += 1
-            torch.nn.utils.clip_grad_norm_(self.model.slot_parameters(k), self.grad_clip)
-            group = self.optimizer.param_groups[k]
-            group["lr"] = s.plan.learning_rate * lr_factor(s.step, s.plan.total_steps,
-                                                           s.plan.warmup_ratio)
-            group["weight_decay"] = s.plan.weight_decay
+            lr[k] = s.plan.learning_rate * lr_factor(s.step, s.plan.total_steps,
+                                                     s.plan.warmup_ratio)
+            decay[k] = s.plan.weight_decay
             s.step += 1
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        active = torch.zeros(self.model.capacity, dtype=torch.bool)
+        active[taking] = True
+        self._clip(active)
+        self._adamw(active, lr, decay)
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def _clip(self, active: torch.Tensor) -> None:
+        """Each slot's gradient clipped to ``grad_clip`` by its own total norm, as
+        ``torch.nn.utils.clip_grad_norm_`` clips one trial's (max_norm / (norm + 1e-6),
+        capped at 1)."""
+        sq = None
+        for p in self.params.values():
+            part = p.grad.square().flatten(1).sum(1)  # [C]
+            sq = part if sq is None else sq + part
+        coef = (self.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for p in self.params.values():
+            p.grad.mul_(coef.view(-1, *([1] * (p.ndim - 1))))
+
+    @torch.no_grad()
+    def _adamw(self, active: torch.Tensor, lr: torch.Tensor, decay: torch.Tensor) -> None:
+        """torch's AdamW step (``torch.optim.adamw``, single-tensor arithmetic) with a learning
+        rate, weight decay and step count per slot; slots not in this step are unchanged."""
+        b1, b2 = BETAS
+        self.adam_steps += active.double()
+        steps = self.adam_steps.clamp(min=1)
+        bc1 = 1 - b1 ** steps
+        bc2_sqrt = (1 - b2 ** steps).sqrt()
+        on = active.double()
+        dev = next(iter(self.params.values())).device
+        # [C] vectors on the device, in the parameters' dtype
+        keep = (1 - lr * decay).to(dev, torch.float32)
+        m_w = ((1 - b1) * on).to(dev, torch.float32)  # inactive: the moments stay
+        v_keep = torch.where(active, torch.tensor(b2, dtype=torch.float64), 1.0).to(dev, torch.float32)
+        v_w = ((1 - b2) * on).to(dev, torch.float32)
+        step_size = (lr / bc1).to(dev, torch.float32)
+        bc2 = bc2_sqrt.to(dev, torch.float32)
+        for n, p in self.params.items():
+            shape = (-1, *([1] * (p.ndim - 1)))
+            g, m, v = p.grad, self.exp_avg[n], self.exp_avg_sq[n]
+            p.mul_(keep.view(shape))
+            m.lerp_(g, m_w.view(shape))
+            v.mul_(v_keep.view(shape)).addcmul_(g * v_w.view(shape), g)
+            denom = (v.sqrt() / bc2.view(shape)).add_(EPS)
+            p.addcdiv_(m * step_size.view(shape), denom, value=-1.0)
 
     def forward_slot(self, slot: int) -> Callable:
         """``forward(model, batch) -> logits`` of ``slot`` alone (for the evaluator)."""

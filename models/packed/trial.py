@@ -80,7 +80,10 @@ def run_packed_trial(config: dict, *, provenance: dict, engine: str, config_cls)
     node = _node_id()
     try:
         while loop.epoch < cfg.max_epochs and not loop.stopped:
-            metrics, state, loop = ray.get(host.run_epoch.remote(slot, loop))
+            done = ray.get(host.run_epoch.remote(slot, loop))
+            if done is None:  # Tune ended this trial and its slot was freed: nothing to report
+                return
+            metrics, state, loop = done
             row = {**metrics, "trainable_params": info["trainable_params"],
                    "total_params": info["total_params"], "packed_slots": info["capacity"],
                    "seed": cfg.seed, "complete": bool(metrics["last_epoch"]), "node_id": node,
