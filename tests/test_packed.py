@@ -273,4 +273,15 @@ def test_engine_refuses_what_it_cannot_pack_and_frees_a_slot_mid_epoch(tiny_llam
     waiter.join(timeout=60)
     assert not waiter.is_alive() and out["r"] is None
     assert eng.attach(cfg, owner="b", wait=False) == slot
+    # A trial's second attempt (Tune's retry, --resume) takes over the slot its first attempt
+    # left; the first attempt's late release does not free it; the sweep's release of the
+    # trial does.
+    eng.release_owner("b")
+    first = eng.attach(cfg, owner="t:1")
+    second = eng.attach(cfg, owner="t:2", wait=False)
+    assert second == first
+    eng.release_owner("t:1")
+    assert eng.owners.get(second) == "t:2" and not eng.trainer.free_slots()
+    eng.release_owner("t")
+    assert eng.trainer.free_slots() == [second]
     eng.close()

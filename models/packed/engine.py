@@ -84,12 +84,12 @@ class PackedEngine:
     def attach(self, cfg, state: dict | None = None, *, owner: str | None = None,
                wait: bool = True) -> int | None:
         """A slot for ``cfg`` (fresh, or ``state`` from an earlier ``run_epoch``), waiting for
-        one to be released when every slot is taken (``wait=False``: None then). ``owner``
-        (the trial's id): a slot it still holds (its process was stopped mid-epoch, or paused,
-        without releasing it) is released first."""
+        one to be released when every slot is taken (``wait=False``: None then). ``owner``:
+        "<trial id>:<attempt>"; a slot an earlier attempt of the same trial still holds (its
+        process was stopped mid-epoch, or paused, without releasing it) is released first."""
         self.check(cfg)
         if owner is not None:
-            self.release_owner(owner)
+            self.release_owner(owner.split(":", 1)[0])
         with self.cond:
             while not self.trainer.free_slots():
                 if not wait or self.closed:
@@ -137,9 +137,12 @@ class PackedEngine:
             self.cond.notify_all()
 
     def release_owner(self, owner: str) -> None:
-        """Releases the slot ``owner`` holds, if any (the sweep calls it as a trial ends)."""
+        """Releases the slot ``owner`` holds, if any: an attempt ("<trial id>:<attempt>", as
+        its process ends) or every attempt of a trial ("<trial id>", as the sweep ends it). An
+        attempt's late release never frees the slot of the next attempt of its trial."""
         with self.cond:
-            slots = [k for k, o in self.owners.items() if o == owner]
+            slots = [k for k, o in self.owners.items()
+                     if o is not None and (o == owner or o.startswith(owner + ":"))]
         for slot in slots:
             self.release(slot)
 

@@ -9,6 +9,7 @@ import json
 import logging
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -67,9 +68,11 @@ def run_packed_trial(config: dict, *, provenance: dict, engine: str, config_cls)
             # Tensors, dicts and numbers only: nothing on shared storage runs as code.
             saved = torch.load(Path(d) / PACKED_STATE, weights_only=True)
         state, loop = saved["slot"], LoopState(**saved["loop"])
-    trial_id = tune.get_context().get_trial_id()
+    # This attempt's own name: its release at the end cannot free the slot of a later attempt
+    # of the same trial (Tune's retry, or --resume) whose attach overtook it.
+    owner = f"{tune.get_context().get_trial_id()}:{uuid.uuid4().hex}"
     try:
-        slot = ray.get(host.attach.remote(cfg, state, owner=trial_id))
+        slot = ray.get(host.attach.remote(cfg, state, owner=owner))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, NOT_RETRYABLE):  # e.g. lora_r above the engine's largest rank
             _failure(config, e.cause, provenance)
@@ -97,7 +100,7 @@ def run_packed_trial(config: dict, *, provenance: dict, engine: str, config_cls)
         try:
             # By owner, not slot number: the driver may have freed the slot already (the trial
             # ended) and given it to the next trial. Fire and forget: a dead engine frees all.
-            host.release_owner.remote(trial_id)
+            host.release_owner.remote(owner)
         except Exception:  # noqa: BLE001
             pass
 
