@@ -79,3 +79,37 @@ def test_a_killed_engine_is_started_again_and_its_trials_resume(tmp_path):
     # on from their last checkpoint.
     for tid, rows in epochs.groupby("trial_id"):
         assert list(rows["epoch"]) == list(range(1, len(rows) + 1)), tid
+
+
+def test_an_interrupted_packed_sweep_resumes(tmp_path):
+    """Ctrl-C once a trial has its second checkpoint, then the same command plus --resume:
+    the trials cut short go on from their checkpoints in the engine the resumed sweep starts
+    (each trial's epochs 1..n once), and every trial ends."""
+    import os
+    import signal
+    import sys
+
+    from conftest import cli_env
+
+    storage = tmp_path / "runs"
+    args = ["--smoke-test", "--pack", "3", "--storage-path", str(storage),
+            "--retrain-top-k", "1", "--retrain-seeds", "1"]
+    first = subprocess.Popen([sys.executable, str(COLA_SCRIPT), *args], cwd=tmp_path,
+                             env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(storage.glob("cola_lora/trial_*/checkpoint_000001")):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGINT)
+    out, err = first.communicate(timeout=300)
+    assert "--resume" in out + err
+    r = run_cli(COLA_SCRIPT, [*args, "--resume"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    exp = storage / "cola_lora"
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 6 and set(trials["status"]) <= {"completed", "stopped"}
+    epochs = pd.read_csv(exp / "epochs.csv")
+    for tid, rows in epochs.groupby("trial_id"):
+        assert list(rows["epoch"]) == list(range(1, len(rows) + 1)), tid
