@@ -47,6 +47,8 @@ class Study:
     # without "cnndm_", "_" as "-"): trainable parameters at the space's extremes for the plan,
     # ``(space, meta, *, model_dir, hidden_size, target_modules) -> [(label, count)]``.
     trainable_counts: Callable | None = None
+    # Its trials can train K at a time on one shared base (--pack K, search/packing.py).
+    packable: bool = False
 
     @property
     def trainable(self) -> Callable:
@@ -74,11 +76,11 @@ CNNDM_SEARCH = {"loss": ("best_val_loss", "min")}
 
 
 def _cola_adapter(method: str, module, config_cls, build_model, space_module, *,
-                  size_dim: str | None = None) -> Study:
+                  size_dim: str | None = None, packable: bool = False) -> Study:
     return Study(f"cola_{method}", module.setup, space_module.SPACE, config_cls,
                  metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                  search_metrics=COLA_SEARCH, build_model=build_model, size_dim=size_dim,
-                 smoke_space=tuple(getattr(space_module, "SMOKE", ())))
+                 smoke_space=tuple(getattr(space_module, "SMOKE", ())), packable=packable)
 
 
 def adapter_methods() -> list[str]:
@@ -103,7 +105,8 @@ def summarization_methods() -> dict[str, str]:
 
 STUDIES: dict[str, Study] = {
     "cola_lora": _cola_adapter("lora", cola_lora, cola_lora.ColaLoraConfig,
-                               cola_lora.build_lora_model, cola_lora_space, size_dim="lora_r"),
+                               cola_lora.build_lora_model, cola_lora_space, size_dim="lora_r",
+                               packable=True),
     "cola_ia3": _cola_adapter("ia3", cola_ia3, cola_ia3.ColaIA3Config, cola_ia3.build_ia3_model,
                               cola_ia3_space),
     "cola_dora": _cola_adapter("dora", cola_dora, cola_dora.ColaDoraConfig,

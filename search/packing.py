@@ -51,7 +51,8 @@ class EngineHost:
 
 
 def packable(study) -> bool:
-    return study.name == "cola_lora"
+    """Whether ``study``'s trials can be packed (its registry entry says so)."""
+    return study.packable
 
 
 def engine_name(plan) -> str:

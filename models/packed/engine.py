@@ -140,11 +140,11 @@ class PackedEngine:
         """Releases the slot ``owner`` holds, if any: an attempt ("<trial id>:<attempt>", as
         its process ends) or every attempt of a trial ("<trial id>", as the sweep ends it). An
         attempt's late release never frees the slot of the next attempt of its trial."""
-        with self.cond:
-            slots = [k for k, o in self.owners.items()
-                     if o is not None and (o == owner or o.startswith(owner + ":"))]
-        for slot in slots:
-            self.release(slot)
+        with self.cond:  # matched and released at once: two releases of one trial (its own,
+            # and the sweep's) must not free the slot a third trial took in between
+            for slot in [k for k, o in self.owners.items()
+                         if o is not None and (o == owner or o.startswith(owner + ":"))]:
+                self.release(slot)
 
     def close(self) -> None:
         with self.cond:
