@@ -26,6 +26,15 @@ def loss(model, batch):
     return out.loss, confusion_counts(out.logits, batch["labels"])
 
 
+def epoch_batches(cfg, ids, labels, *, pad_id: int, epoch: int):
+    """A trial's training batches of ``epoch``: its batch size, and an order seeded by its seed
+    and the epoch (the packed engine draws the same, so a packed trial sees what it would
+    alone)."""
+    return classification_batches(ids, labels, batch_size=cfg.batch_size, pad_id=pad_id,
+                                  shuffle_seed=cfg.seed * 1000 + epoch,
+                                  group_by_length=cfg.group_by_length)
+
+
 def adapter_setup(cfg, data: ClassificationData, device, *, build_model: Callable) -> TrialSetup:
     """The TrialSetup of a peft adapter on a sequence classifier (the trial harness calls it
     once per trial)."""
@@ -37,9 +46,7 @@ def adapter_setup(cfg, data: ClassificationData, device, *, build_model: Callabl
     ids, labels = data.split(train_split)
 
     def train_batches(epoch: int):
-        return classification_batches(ids, labels, batch_size=cfg.batch_size,
-                                      pad_id=data.pad_token_id, shuffle_seed=cfg.seed * 1000 + epoch,
-                                      group_by_length=cfg.group_by_length)
+        return epoch_batches(cfg, ids, labels, pad_id=data.pad_token_id, epoch=epoch)
 
     def save(path: str):
         model.save_pretrained(path)  # adapter_model.safetensors + adapter_config.json

@@ -88,14 +88,17 @@ def build_optimizer(model: torch.nn.Module, *, learning_rate: float, weight_deca
     fused = fused and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
                 for g in groups for p in g["params"])
     opt = torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
-    warmup = int(warmup_ratio * total_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total_steps, warmup_ratio))
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return step / max(1, warmup)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
+    """The learning rate's share at optimizer step ``step`` of ``total``: linear warm-up over
+    ``warmup_ratio`` of them, then linear decay to 0 (the packed step uses it too)."""
+    warmup = int(warmup_ratio * total)
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 def batch_rows(batch: dict) -> int:

@@ -258,9 +258,9 @@ def test_engine_refuses_what_it_cannot_pack_and_frees_a_slot_mid_epoch(tiny_llam
         with pytest.raises(ConfigError) as e:
             eng.attach(ColaLoraConfig(model=tiny_llama, **bad), owner="x")
         assert next(iter(bad)) in str(e.value)
-    endless = lambda ids, labels, **kw: itertools.cycle(  # noqa: E731
+    endless = lambda cfg, ids, labels, **kw: itertools.cycle(  # noqa: E731
         [next(classification_batches(ids, labels, batch_size=2, pad_id=kw["pad_id"]))])
-    monkeypatch.setattr(engine_module, "classification_batches", endless)
+    monkeypatch.setattr(engine_module, "epoch_batches", endless)
     cfg = ColaLoraConfig(model=tiny_llama, batch_size=2, max_epochs=1)
     slot = eng.attach(cfg, owner="a")
     out = {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from models.classify import make_evaluator, stage_splits, stage_track
-from models.data.batching import classification_batches
+from models.cola_adapter import epoch_batches
 from models.data.classification import ClassificationData
 from models.data.cola import SCORE
 from models.errors import ConfigError
@@ -110,9 +110,7 @@ class PackedEngine:
         when the slot was released meanwhile (the trial was ended)."""
         cfg = self.cfgs[slot]
         epoch = loop.epoch + 1
-        batches = classification_batches(self.ids, self.labels, batch_size=cfg.batch_size,
-                                         pad_id=self.pad_id, shuffle_seed=cfg.seed * 1000 + epoch,
-                                         group_by_length=cfg.group_by_length)
+        batches = epoch_batches(cfg, self.ids, self.labels, pad_id=self.pad_id, epoch=epoch)
         job = _Job(loop)
         with self.cond:
             self.trainer.start_epoch(slot, batches)

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from models.loop import autocast, to_device
+from models.loop import autocast, lr_factor, to_device
 from models.packed.layers import PackedLoRA, routing_for
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch's AdamW defaults, as models.loop.build_optimizer uses
@@ -52,14 +52,6 @@ class _Slot:
     counts: torch.Tensor | None = None  # [4] tp, fp, tn, fn of the epoch's training batches
     n_batches: int = 0
     started: float = field(default_factory=time.perf_counter)
-
-
-def lr_factor(step: int, total: int, warmup_ratio: float) -> float:
-    """``models.loop.build_optimizer``'s schedule: linear warm-up, then linear decay to 0."""
-    warmup = int(warmup_ratio * total)
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 class PackedTrainer:
