@@ -93,6 +93,7 @@ def prepare(args, scratch: Path, exp_dir: Path) -> Prepared:
     return Prepared(
         data=data,
         fixed={"model": model, "target_modules": targets},
+        model_while_planning=tok_dir,
         describe={
             "model": model, "data": data.origin,
             "rows": f"{data.meta['fit_rows']} fit / {data.meta['select_rows']} selection "

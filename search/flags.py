@@ -34,6 +34,17 @@ def int_at_least(minimum: int):
 positive_int = int_at_least(1)
 
 
+def pack_count(text: str) -> int | str:
+    """--pack: a number of trials, or "auto" (the plan probes for it)."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not allowed: a number of trials >= 1, or auto") from None
+
+
 nonneg_int = int_at_least(0)
 
 
@@ -119,10 +130,12 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--memory-per-trial", type=positive_float, default=None, metavar="GIB",
                    help="memory one trial may use, in GiB; trials run at once only as many as "
                         "fit (default: estimated from the model and the largest batch)")
-    g.add_argument("--pack", type=positive_int, default=1, metavar="K",
+    g.add_argument("--pack", type=pack_count, default=1, metavar="K|auto",
                    help="train up to K trials at once on one shared copy of the base model, "
-                        "each still its own trial (CoLA LoRA; other methods run unpacked, and "
-                        "the plan says so); the retrain runs unpacked")
+                        "each still its own trial (methods that cannot be packed run unpacked, "
+                        "and the plan says so); the retrain runs unpacked. auto: as many as "
+                        "memory allows and a short timing of packed steps on the engine's "
+                        "device shows to pay (the knee of the throughput curve)")
     g.add_argument("--storage-is-shared", action="store_true",
                    help="on a multi-node cluster, declare that --storage-path is a shared file "
                         "system mounted at the same path on every node")

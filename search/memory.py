@@ -35,6 +35,9 @@ PROCESS = int(0.8 * GIB)
 ACT_BYTES = 190  # bytes a token, layer and hidden unit (fitted, see the module docstring)
 CKPT_SHARE = 0.55  # of those activations, what a checkpointed step still peaks at (fitted)
 HEADROOM = 1.15  # allocator fragmentation and what the terms leave out
+# A packed trial's own process, a thin client of the engine (Ray's worker, Tune, and torch to
+# write its checkpoint): its private memory, measured in packed SmolLM2 sweeps (README).
+PACKED_CLIENT = int(0.3 * GIB)
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
              *([f"   packed: up to {plan.pack} trials at once in one engine holding the base "
                 f"model once ({'the GPU' if res.gpus else f'all {plan.total_cpus} CPUs'}"
                 + (f", {plan.engine_memory / 2**30:.1f} GiB planned: "
-                   f"{plan.memory_note['packed']['basis']}" if plan.engine_memory else "")
+                   f"{plan.memory_note['packed']['basis']}; and each trial's own process "
+                   f"{plan.client_memory / 2**30:.1f} GiB" if plan.engine_memory else "")
                 + "); each is still its own trial; the retrain runs unpacked"]
                if plan.pack > 1 else []),
              *([f"   disk: about {plan.disk_note['need_mb']:,.0f} MB written "

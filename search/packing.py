@@ -50,6 +50,29 @@ class EngineHost:
         return self.engine.describe(slot)
 
 
+# --pack auto probes K = 1, 2, 4, ... up to this many (and the sweep's trials, if fewer).
+AUTO_MAX = 64
+
+
+def probe_slots(plan, data, most: int, model_dir: str) -> tuple[int, list[dict]]:
+    """``--pack auto``: the knee of the packed throughput curve, timed on the engine's device
+    for at most ``most`` slots (what memory allows) -> (K, the curve)."""
+    from models.packed.probe import knee, probe_in_child
+    from search.memory import largest_batch
+
+    device = "cuda" if plan.gpus_per_trial else "cpu"
+    print(f"--pack auto: timing packed steps on the {device.upper() if device == 'cuda' else 'CPU'} "
+          f"(K up to {most}, batch {largest_batch(plan.study, plan.space, plan.fixed)}, "
+          f"rank {max_rank(plan)})", flush=True)
+    curve = probe_in_child(
+        threads=plan.total_cpus or 1, model_dir=model_dir, data=data, max_k=most,
+        batch_size=largest_batch(plan.study, plan.space, plan.fixed), rank=max_rank(plan),
+        target_modules=plan.fixed.get("target_modules"), device=device)
+    # K=1 is the reference; the plan packs at least 2 (a flat curve still saves the memory of
+    # every trial's own copy of the base).
+    return max(knee(curve), min(2, most)), curve
+
+
 def packable(study) -> bool:
     """Whether ``study``'s trials can be packed (its registry entry says so)."""
     return study.packable

@@ -14,6 +14,7 @@ from search.algorithms import describe, startup_trials
 from search.checks import _masked, check_batch_fits, parse_objectives
 from search.flags import apply_space_overrides, study_flags, validate_space
 from search.redact import redact_argv
+from models.errors import InputError
 from search.warm_start import warm_start_points
 from spaces.dims import Choice, Fixed
 
@@ -86,10 +87,17 @@ def _plan(args, suffix: str, variant: Variant, *, prepared: Prepared, res, stora
               if study.name == warm_study else [])
     from search.packing import packable
 
-    pack = args.pack if packable(study) else 1
-    if args.pack > 1 and pack == 1:
-        print(f"--pack {args.pack}: {study.name} cannot be packed yet (CoLA LoRA can); its "
-              "trials run unpacked, one process each", flush=True)
+    from search.packing import AUTO_MAX
+
+    auto = args.pack == "auto"
+    if auto and args.address:
+        raise InputError("--pack auto: the probe times packed steps on this machine, not on a "
+                         "cluster's nodes; give --pack K with --address")
+    asked = min(args.num_samples, AUTO_MAX) if auto else args.pack
+    pack = asked if packable(study) else 1
+    if (auto or asked > 1) and pack == 1:
+        print(f"--pack {args.pack}: {study.name} cannot be packed yet; its trials run "
+              "unpacked, one process each", flush=True)
     if pack > 1:  # the engine's slots bound the trials at once; the engine has every CPU
         concurrency = pack
     metric, mode = search_metrics[study.name]
@@ -105,6 +113,7 @@ def _plan(args, suffix: str, variant: Variant, *, prepared: Prepared, res, stora
         grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         startup_trials=args.startup_trials, seed=args.seed, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=gpus_per_trial,
         concurrency=concurrency, retrain_top_k=args.retrain_top_k, pack=pack,
+        pack_auto=auto and pack > 1,
         total_cpus=res.cpus if pack > 1 else 0,
         retrain_seeds=args.retrain_seeds, resume=args.resume,
         max_failures=args.max_failures, reuse_actors=res.address is None,

@@ -33,6 +33,9 @@ class Prepared:
     # (study, space, fixed, k) -> the packed engine's peak memory with k slots
     # (search.memory.packed_estimate); None: the study is not packed
     packed_memory: Callable[[object, dict, dict, int], object] | None = None
+    # where the model can be read while the sweep is planned (a smoke test's tiny model moves
+    # into the experiment only once the plan stands); None: fixed["model"]
+    model_while_planning: str | None = None
     train_rows: int | None = None  # rows a sweep trial trains on: the largest sensible batch
     report_split: str | None = None  # where retrains are reported, when not the study's usual
     # (study name, space) -> the largest trainable-parameter count a trial can draw: the size

@@ -140,23 +140,41 @@ def plan_memory(plans: list, prepared: Prepared, args, res: Resources,
 
 
 def _plan_packed(plan, prepared: Prepared, avail: int) -> None:
-    """The engine's memory, the base counted once: K slots, or as many as fit (said)."""
+    """The engine's memory, the base counted once, and each packed trial's own small process:
+    K slots, or as many as fit (said); with --pack auto, the knee of the probed throughput
+    curve up to what fits."""
     from search import memory
 
-    for k in range(plan.pack, 0, -1):
+    client = memory.PACKED_CLIENT
+
+    def need(k: int):
         est = prepared.packed_memory(plan.study, plan.space, plan.fixed, k)
-        if est.bytes <= avail:
-            break
-    if est.bytes > avail:
-        raise InputError(f"--pack {plan.pack}: not even one packed trial fits ({est.basis}; "
+        return est, est.bytes + k * client
+
+    k = next((k for k in range(plan.pack, 0, -1) if need(k)[1] <= avail), 0)
+    if k == 0:
+        raise InputError(f"--pack {'auto' if plan.pack_auto else plan.pack}: not even one "
+                         f"packed trial fits ({need(1)[0].basis}; "
                          f"{avail / memory.GIB:.1f} GiB available)")
-    if k < plan.pack:
+    if k < plan.pack and not plan.pack_auto:
         print(f"--pack {plan.pack}: {k} packed trials fit in {avail / memory.GIB:.1f} GiB "
-              f"({est.basis}); packing {k}", flush=True)
+              f"({need(k)[0].basis}; and {client / memory.GIB:.1f} GiB a trial process); "
+              f"packing {k}", flush=True)
+    probe = None
+    if plan.pack_auto:
+        from search.packing import probe_slots
+
+        k, probe = probe_slots(plan, prepared.data, k,
+                               prepared.model_while_planning or plan.fixed["model"])
+        print(f"--pack auto: packing {k} (the fewest slots, at least 2, within 10% of the "
+              "best aggregate samples/s measured)", flush=True)
+    est = need(k)[0]
     plan.pack = plan.concurrency = k
-    plan.engine_memory = est.bytes
+    plan.engine_memory, plan.client_memory = est.bytes, client
     plan.memory_note["packed"] = {"slots": k, "engine_gib": round(est.gib, 2),
-                                  "basis": est.basis}
+                                  "trial_process_gib": round(client / memory.GIB, 2),
+                                  "basis": est.basis,
+                                  **({"probe": probe} if probe is not None else {})}
 
 
 def _fitted(plan, changes: dict) -> str:

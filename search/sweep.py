@@ -70,6 +70,8 @@ class SweepPlan:
     # trial in its own process.
     pack: int = 1
     engine_memory: int = 0  # bytes: the packed engine's memory resource (0: not planned)
+    client_memory: int = 0  # bytes: a packed trial's own process's memory resource
+    pack_auto: bool = False  # --pack auto: ``pack`` is the most to probe, the plan picks K
 
     def __post_init__(self):
         self.metric = self.metric or self.study.metric
@@ -131,7 +133,9 @@ def _wrapped_trainable(plan: SweepPlan, data, provenance: dict, resources: dict 
 
         return tune.with_resources(
             tune.with_parameters(packed_trainable_for(plan.study.name), provenance=provenance,
-                                 engine=engine.name), {"cpu": PACKED_TRIAL_CPUS})
+                                 engine=engine.name),
+            {"cpu": PACKED_TRIAL_CPUS, **({"memory": plan.client_memory}
+                                          if plan.client_memory else {})})
     fn = plan.study.trainable
     return tune.with_resources(tune.with_parameters(fn, data=data, provenance=provenance),
                                resources or plan.resources)

@@ -113,3 +113,25 @@ def test_an_interrupted_packed_sweep_resumes(tmp_path):
     epochs = pd.read_csv(exp / "epochs.csv")
     for tid, rows in epochs.groupby("trial_id"):
         assert list(rows["epoch"]) == list(range(1, len(rows) + 1)), tid
+
+
+def test_pack_auto_packs_the_knee_of_the_probed_curve(tmp_path):
+    storage = tmp_path / "runs"
+    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--pack", "auto", "--storage-path", str(storage),
+                              "--num-samples", "3", "--max-epochs", "1", "--retrain-top-k", "0"],
+                tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    record = json.loads((storage / "cola_lora" / "experiment.json").read_text())
+    probe = record["memory"]["packed"]["probe"]
+    assert [p["k"] for p in probe][:2] == [1, 2]  # K up to the sweep's 3 trials
+    assert max(p["k"] for p in probe) <= 3
+    from models.packed.probe import knee
+
+    k = max(knee(probe), 2)
+    assert record["pack"] == k == record["concurrency"]
+    assert f"--pack auto: packing {k} " in r.stdout
+    for p in probe:
+        assert f"probe: K={p['k']}: {p['samples_per_s']:.1f} samples/s" in r.stdout
+    epochs = pd.read_csv(storage / "cola_lora" / "epochs.csv")
+    assert set(epochs["packed_slots"]) == {k}

@@ -1,0 +1,50 @@
+"""``--pack auto`` (models/packed/probe.py, search/packing.py): the knee of the packed throughput
+curve is the fewest slots within 10 % of the best measured; the probe times real packed steps of
+a tiny model for K = 1, 2, 4, ... up to what memory allows, and stops past the knee."""
+from __future__ import annotations
+
+import pytest
+
+from models.packed.probe import knee, throughput_curve
+
+
+def curve(*rates):
+    return [{"k": 2 ** i, "samples_per_s": r} for i, r in enumerate(rates)]
+
+
+@pytest.mark.parametrize("rates, expected", [
+    ((100, 190, 360, 640, 700, 705), 8),   # climbs, then flattens: the knee
+    ((100, 101, 99, 98), 1),               # flat (a CPU): one slot does as well
+    ((100, 200, 400, 800), 8),             # still climbing at the largest K measured
+    ((100, 180, 170), 2),                  # falls past the knee
+])
+def test_knee_is_the_fewest_slots_within_a_tenth_of_the_best(rates, expected):
+    assert knee(curve(*rates)) == expected
+
+
+def test_probe_times_each_k_up_to_the_cap_on_a_tiny_model(tiny_model):
+    from models.data.classification import tokenize_splits
+    from models.data.cola import synthetic_cola
+    from models.hf import load_tokenizer
+
+    data = tokenize_splits(synthetic_cola(), load_tokenizer(tiny_model), selection_fraction=0.1,
+                           seed=0)
+    said = []
+    points = throughput_curve(model_dir=tiny_model, data=data, max_k=6, batch_size=8, rank=4,
+                              target_modules=None, steps=1, share=0.0, say=said.append)
+    assert [p["k"] for p in points] == [1, 2, 4, 6]  # powers of two, and the cap itself
+    assert all(p["samples_per_s"] > 0 for p in points)
+    assert len(said) == 4 and said[-1].startswith("   probe: K=6: ")
+
+
+def test_probe_stops_once_a_k_falls_below_the_share_of_the_best(tiny_model):
+    from models.data.classification import tokenize_splits
+    from models.data.cola import synthetic_cola
+    from models.hf import load_tokenizer
+
+    data = tokenize_splits(synthetic_cola(), load_tokenizer(tiny_model), selection_fraction=0.1,
+                           seed=0)
+    # A share above 1 makes every K after the first fall short of the best so far.
+    points = throughput_curve(model_dir=tiny_model, data=data, max_k=8, batch_size=4, rank=2,
+                              target_modules=None, steps=1, share=1e9, say=lambda _: None)
+    assert [p["k"] for p in points] == [1, 2]
