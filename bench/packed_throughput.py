@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from models.packed.probe import endless_batches  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -46,24 +48,6 @@ def load_data(args, model_dir: str):
     splits = load_cola_dir(args.data_dir) if args.data_dir else synthetic_cola()
     return tokenize_splits(splits, load_tokenizer(model_dir), selection_fraction=0.1, seed=0,
                            max_train_samples=40 * args.batch_size)
-
-
-def forever(data, batch_size: int, seed: int):
-    """Training batches, epoch after epoch (a timed run never runs out). The first is the
-    longest sentences': an epoch's peak memory is its longest batch's, so the measured peak is a
-    whole epoch's, as the sweep plan's estimate is."""
-    from models.data.batching import classification_batches, length_sorted
-
-    ids, labels = data.split("fit")
-    longest = length_sorted(ids)[0][::-1][:batch_size].copy()
-    yield from classification_batches(ids, labels, batch_size=batch_size,
-                                      pad_id=data.pad_token_id, order=longest)
-    epoch = 0
-    while True:
-        epoch += 1
-        yield from classification_batches(ids, labels, batch_size=batch_size,
-                                          pad_id=data.pad_token_id,
-                                          shuffle_seed=seed * 1000 + epoch, group_by_length=True)
 
 
 class Counted:
@@ -114,7 +98,7 @@ def count_ops(step) -> int:
 def packed_worker(args, model_dir: str, data, device) -> dict:
     from models.hf import count_parameters, load_sequence_classifier
     from models.lora import lora_targets
-    from models.packed.layers import PackedLoRA
+    from models.packed.lora import PackedLoRA
     from models.packed.trainer import PackedTrainer, SlotPlan
     from search.memory import model_shape, packed_estimate
 
@@ -127,7 +111,7 @@ def packed_worker(args, model_dir: str, data, device) -> dict:
         slot = trainer.attach(SlotPlan(rank=args.lora_r, alpha=2 * args.lora_r, dropout=0.1,
                                        learning_rate=1e-4 * (1 + i), weight_decay=0.0,
                                        warmup_ratio=0.0, total_steps=10_000, seed=i))
-        streams.append(Counted(forever(data, args.batch_size, i)))
+        streams.append(Counted(endless_batches(data, args.batch_size, i)))
         trainer.start_epoch(slot, streams[-1])
 
     def step():
@@ -172,7 +156,7 @@ def solo_worker(args, model_dir: str, data, device) -> dict:
     params = [q for q in s.model.parameters() if q.requires_grad]
     opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                  total_steps=10_000, warmup_ratio=0.0)
-    batches = Counted(forever(data, args.batch_size, args.index))
+    batches = Counted(endless_batches(data, args.batch_size, args.index))
     s.model.train()
 
     def step():

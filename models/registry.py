@@ -1,7 +1,8 @@
 """The one registry: study name -> trainable, search space, config class, metric and mode.
 
 A CoLA adapter method is a model module (config + ``build_model``) and a space, then one entry
-here; ``search/cola_lora.py --method`` offers it. A summarization method is a model module
+here; ``search/cola_lora.py --method`` offers it (and packs its trials when the entry names its
+packed method, a file under ``models/packed/``). A summarization method is a model module
 (config, ``setup``, ``trainable_counts``) and a space (with its smoke-test overrides), then one
 entry here; ``search/cnndm_summarize.py --method`` offers it. A new study also needs its
 command in ``search/``."""
@@ -12,6 +13,10 @@ from typing import Callable
 
 from models import (cola_dora, cola_ia3, cola_kd, cola_lora, summarize_last_layers,
                     summarize_lora, summarize_prompt)
+from models.packed.dora import DORA
+from models.packed.ia3 import IA3
+from models.packed.lora import LORA
+from models.packed.model import PackedMethod
 from spaces import cnndm as cnndm_space
 from spaces import cola_dora as cola_dora_space
 from spaces import cola_ia3 as cola_ia3_space
@@ -47,8 +52,13 @@ class Study:
     # without "cnndm_", "_" as "-"): trainable parameters at the space's extremes for the plan,
     # ``(space, meta, *, model_dir, hidden_size, target_modules) -> [(label, count)]``.
     trainable_counts: Callable | None = None
-    # Its trials can train K at a time on one shared base (--pack K, search/packing.py).
-    packable: bool = False
+    # How its trials train K at a time on one shared base (--pack K, search/packing.py): the
+    # packed method (models/packed/), None when they cannot.
+    packed: PackedMethod | None = None
+
+    @property
+    def packable(self) -> bool:
+        return self.packed is not None
 
     @property
     def trainable(self) -> Callable:
@@ -76,11 +86,11 @@ CNNDM_SEARCH = {"loss": ("best_val_loss", "min")}
 
 
 def _cola_adapter(method: str, module, config_cls, build_model, space_module, *,
-                  size_dim: str | None = None, packable: bool = False) -> Study:
+                  size_dim: str | None = None, packed: PackedMethod | None = None) -> Study:
     return Study(f"cola_{method}", module.setup, space_module.SPACE, config_cls,
                  metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                  search_metrics=COLA_SEARCH, build_model=build_model, size_dim=size_dim,
-                 smoke_space=tuple(getattr(space_module, "SMOKE", ())), packable=packable)
+                 smoke_space=tuple(getattr(space_module, "SMOKE", ())), packed=packed)
 
 
 def adapter_methods() -> list[str]:
@@ -106,11 +116,12 @@ def summarization_methods() -> dict[str, str]:
 STUDIES: dict[str, Study] = {
     "cola_lora": _cola_adapter("lora", cola_lora, cola_lora.ColaLoraConfig,
                                cola_lora.build_lora_model, cola_lora_space, size_dim="lora_r",
-                               packable=True),
+                               packed=LORA),
     "cola_ia3": _cola_adapter("ia3", cola_ia3, cola_ia3.ColaIA3Config, cola_ia3.build_ia3_model,
-                              cola_ia3_space),
+                              cola_ia3_space, packed=IA3),
     "cola_dora": _cola_adapter("dora", cola_dora, cola_dora.ColaDoraConfig,
-                               cola_dora.build_dora_model, cola_dora_space, size_dim="lora_r"),
+                               cola_dora.build_dora_model, cola_dora_space, size_dim="lora_r",
+                               packed=DORA),
     "cola_kd": Study("cola_kd", cola_kd.setup, cola_kd_space.SPACE, cola_kd.ColaKDConfig,
                      metric="best_val_mcc", mode="max", report_metric="dev_mcc",
                      search_metrics=COLA_SEARCH),

@@ -19,7 +19,7 @@ class EngineHost:
     sweep's CPU threads)."""
 
     def __init__(self, *, model_dir: str, data, capacity: int, max_rank: int, target_modules,
-                 threads: int):
+                 threads: int, method):
         import ray
         import torch
 
@@ -29,7 +29,7 @@ class EngineHost:
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.engine = PackedEngine(model_dir=model_dir, data=data, capacity=capacity,
                                    max_rank=max_rank, target_modules=target_modules,
-                                   device=device)
+                                   device=device, method=method)
 
     def ready(self) -> bool:
         return True
@@ -54,19 +54,33 @@ class EngineHost:
 AUTO_MAX = 64
 
 
+def heaviest_config(plan):
+    """The sweep's configuration to time: every numeric dimension at the top of its range (the
+    largest rank and batch), the rest as fixed or the config's default."""
+    cls = plan.study.config_cls
+    fields = cls.field_names()
+    values = {k: v for k, v in plan.fixed.items() if k in fields}
+    for name, dim in plan.space.items():
+        edges = [e for e in dim.edges() if isinstance(e, (int, float))]
+        if name in fields and edges:
+            values[name] = max(edges)
+    return cls(**values)
+
+
 def probe_slots(plan, data, most: int, model_dir: str) -> tuple[int, list[dict]]:
     """``--pack auto``: the knee of the packed throughput curve, timed on the engine's device
     for at most ``most`` slots (what memory allows) -> (K, the curve)."""
     from models.packed.probe import knee, probe_in_child
-    from search.memory import largest_batch
 
     device = "cuda" if plan.gpus_per_trial else "cpu"
-    print(f"--pack auto: timing packed steps on the {device.upper() if device == 'cuda' else 'CPU'} "
-          f"(K up to {most}, batch {largest_batch(plan.study, plan.space, plan.fixed)}, "
-          f"rank {max_rank(plan)})", flush=True)
+    cfg = heaviest_config(plan)
+    adapter = plan.study.packed.plan_args(cfg)
+    print(f"--pack auto: timing packed steps on the {'GPU' if device == 'cuda' else 'CPU'} "
+          f"(K up to {most}, batch {cfg.batch_size}"
+          + "".join(f", {k} {v}" for k, v in adapter.items()) + ")", flush=True)
     curve = probe_in_child(
         threads=plan.total_cpus or 1, model_dir=model_dir, data=data, max_k=most,
-        batch_size=largest_batch(plan.study, plan.space, plan.fixed), rank=max_rank(plan),
+        batch_size=cfg.batch_size, method=plan.study.packed, adapter=adapter,
         target_modules=plan.fixed.get("target_modules"), device=device)
     # K=1 is the reference; the plan packs at least 2 (a flat curve still saves the memory of
     # every trial's own copy of the base).
@@ -115,7 +129,7 @@ class Engine:
                     memory=plan.engine_memory or None, max_concurrency=plan.pack + 8,
                 ).remote(model_dir=plan.fixed["model"], data=self.data, capacity=plan.pack,
                          max_rank=max_rank(plan), target_modules=plan.fixed.get("target_modules"),
-                         threads=plan.total_cpus)
+                         threads=plan.total_cpus, method=plan.study.packed)
                 break
             except ray.exceptions.ActorAlreadyExistsError:
                 if time.monotonic() > deadline:

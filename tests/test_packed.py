@@ -16,7 +16,7 @@ from models.data.batching import classification_batches
 from models.hf import load_sequence_classifier
 from models.lora import lora_targets
 from models.loop import build_optimizer
-from models.packed.layers import PackedLoRA
+from models.packed.lora import PackedLoRA
 from models.packed.trainer import PackedTrainer, SlotPlan
 
 from test_lora_and_loop import separable

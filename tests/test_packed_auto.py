@@ -22,7 +22,11 @@ def test_knee_is_the_fewest_slots_within_a_tenth_of_the_best(rates, expected):
     assert knee(curve(*rates)) == expected
 
 
-def test_probe_times_each_k_up_to_the_cap_on_a_tiny_model(tiny_model):
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_probe_times_each_k_up_to_the_cap_on_a_tiny_model(tiny_model, method):
+    from models.packed.ia3 import IA3
+    from models.packed.lora import LORA
+
     from models.data.classification import tokenize_splits
     from models.data.cola import synthetic_cola
     from models.hf import load_tokenizer
@@ -30,14 +34,19 @@ def test_probe_times_each_k_up_to_the_cap_on_a_tiny_model(tiny_model):
     data = tokenize_splits(synthetic_cola(), load_tokenizer(tiny_model), selection_fraction=0.1,
                            seed=0)
     said = []
-    points = throughput_curve(model_dir=tiny_model, data=data, max_k=6, batch_size=8, rank=4,
-                              target_modules=None, steps=1, share=0.0, say=said.append)
+    packed, adapter = {"lora": (LORA, {"rank": 4, "alpha": 8, "dropout": 0.1}),
+                       "ia3": (IA3, {})}[method]
+    points = throughput_curve(model_dir=tiny_model, data=data, max_k=6, batch_size=8,
+                              method=packed, adapter=adapter, target_modules=None, steps=1,
+                              share=0.0, say=said.append)
     assert [p["k"] for p in points] == [1, 2, 4, 6]  # powers of two, and the cap itself
     assert all(p["samples_per_s"] > 0 for p in points)
     assert len(said) == 4 and said[-1].startswith("   probe: K=6: ")
 
 
 def test_probe_stops_once_a_k_falls_below_the_share_of_the_best(tiny_model):
+    from models.packed.lora import LORA
+
     from models.data.classification import tokenize_splits
     from models.data.cola import synthetic_cola
     from models.hf import load_tokenizer
@@ -45,6 +54,7 @@ def test_probe_stops_once_a_k_falls_below_the_share_of_the_best(tiny_model):
     data = tokenize_splits(synthetic_cola(), load_tokenizer(tiny_model), selection_fraction=0.1,
                            seed=0)
     # A share above 1 makes every K after the first fall short of the best so far.
-    points = throughput_curve(model_dir=tiny_model, data=data, max_k=8, batch_size=4, rank=2,
+    points = throughput_curve(model_dir=tiny_model, data=data, max_k=8, batch_size=4,
+                              method=LORA, adapter={"rank": 2, "alpha": 4, "dropout": 0.0},
                               target_modules=None, steps=1, share=1e9, say=lambda _: None)
     assert [p["k"] for p in points] == [1, 2]

@@ -5,6 +5,7 @@ checkpoints and the sweep ends as usual."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import threading
 import time
@@ -135,3 +136,24 @@ def test_pack_auto_packs_the_knee_of_the_probed_curve(tmp_path):
         assert f"probe: K={p['k']}: {p['samples_per_s']:.1f} samples/s" in r.stdout
     epochs = pd.read_csv(storage / "cola_lora" / "epochs.csv")
     assert set(epochs["packed_slots"]) == {k}
+
+
+@pytest.mark.parametrize("method", ["ia3", "dora"])
+def test_ia3_and_dora_sweeps_pack(tmp_path, method):
+    storage = tmp_path / "runs"
+    r = run_cli(COLA_SCRIPT, ["--smoke-test", "--method", method, "--pack", "3",
+                              "--storage-path", str(storage), "--num-samples", "3",
+                              "--max-epochs", "1", "--retrain-top-k", "0"],
+                tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "packed: up to 3 trials at once in one engine" in r.stdout
+    assert "cannot be packed" not in r.stdout
+    exp = storage / f"cola_{method}"
+    epochs = pd.read_csv(exp / "epochs.csv")
+    trials = pd.read_csv(exp / "trials.csv")
+    assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+    assert set(epochs["packed_slots"]) == {3}
+    # Each trial counts its own adapter as the solo peft model does (the plan's counts).
+    line = r.stdout.split("trainable params:")[1].splitlines()[0]
+    planned = {int(n.replace(",", "")) for n in re.findall(r"([\d,]+) of [\d,]+", line)}
+    assert set(epochs["trainable_params"]) <= planned

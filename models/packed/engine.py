@@ -1,6 +1,7 @@
-"""The packed engine: one device, one frozen base, up to ``capacity`` CoLA LoRA trials training
-at once, each in its own slot and at its own epoch. Ray-free; ``search/packing.py`` runs it as a
-Ray actor that the sweep's trials attach to.
+"""The packed engine: one device, one frozen base, up to ``capacity`` CoLA adapter trials of one
+method (LoRA, DoRA, IA3: a ``PackedMethod``) training at once, each in its own slot and at its
+own epoch. Ray-free; ``search/packing.py`` runs it as a Ray actor that the sweep's trials
+attach to.
 
 Threads: each trial calls ``run_epoch`` from its own thread and waits there; one stepping
 thread does all the torch work (packed steps for every slot in an epoch; a slot whose batches
@@ -22,7 +23,8 @@ from models.data.cola import SCORE
 from models.errors import ConfigError
 from models.loop import LoopState, close_epoch
 from models.metrics import confusion_metrics
-from models.packed.layers import PackedLoRA
+from models.packed.lora import LORA
+from models.packed.model import PackedMethod, PackedModel
 from models.packed.trainer import PackedTrainer, SlotPlan
 from models.peak_memory import PeakMemory
 
@@ -36,21 +38,24 @@ class _Job:
 
 
 class PackedEngine:
-    """``capacity`` slots of LoRA (ranks up to ``max_rank``) on the classifier at
-    ``model_dir``, training on ``data`` at ``stage`` ("sweep": fit, scored on select)."""
+    """``capacity`` slots of ``method`` (the study's ``Study.packed``; LoRA's and DoRA's ranks
+    up to ``max_rank``) on the classifier at ``model_dir``, on the modules ``target_modules``
+    names (None: the method's default), training on ``data`` at ``stage`` ("sweep": fit,
+    scored on select)."""
 
     def __init__(self, *, model_dir: str, data: ClassificationData, capacity: int,
-                 max_rank: int, target_modules, device="cpu", stage: str = "sweep"):
+                 max_rank: int, target_modules, device="cpu", stage: str = "sweep",
+                 method: PackedMethod = LORA):
         from models.hf import load_sequence_classifier
-        from models.lora import lora_targets
 
         self.device = torch.device(device)
-        self.model_dir, self.capacity = model_dir, capacity
+        self.model_dir, self.capacity, self.method = model_dir, capacity, method
+        self.target_modules = _names(target_modules)
         memory = PeakMemory(self.device)
         base = load_sequence_classifier(model_dir, num_labels=2, pad_token_id=data.pad_token_id)
-        self.targets = lora_targets(base, target_modules)
-        self.model = PackedLoRA(base, capacity=capacity, max_rank=max_rank,
-                                target_modules=self.targets).to(self.device)
+        self.model = PackedModel(base, method=method, capacity=capacity,
+                                 target_modules=target_modules,
+                                 max_rank=max_rank).to(self.device)
         self.trainer = PackedTrainer(self.model, device=self.device, pad_id=data.pad_token_id)
         train_split, evals, self.metric = stage_splits(data, stage, score=SCORE)
         self.track = stage_track(stage)
@@ -72,14 +77,27 @@ class PackedEngine:
     # -- what trials call (from their own threads) --
 
     def check(self, cfg) -> None:
-        """A configuration this engine can train, else ConfigError naming the field."""
+        """A configuration this engine can train, else ConfigError naming the field (a
+        TypeError for a configuration of another method's study: the engine was started with
+        the wrong ``method``)."""
+        from models.registry import STUDIES
+
+        wanted = {s.packed.name for s in STUDIES.values()
+                  if type(cfg) is s.config_cls and s.packed is not None}
+        if wanted and self.method.name not in wanted:
+            raise TypeError(f"a {type(cfg).__name__} trial packs with {sorted(wanted)}; this "
+                            f"engine packs {self.method.name} (start it with the study's "
+                            "Study.packed)")
         for name, ok, allowed in (
-                ("lora_r", 1 <= cfg.lora_r <= self.model.max_rank,
-                 f"<= {self.model.max_rank}, the packed engine's largest rank"),
                 ("micro_batch_size", cfg.micro_batch_size == 0, "0 when trials are packed"),
-                ("compile", not cfg.compile, "false when trials are packed")):
+                ("compile", not cfg.compile, "false when trials are packed"),
+                ("target_modules",
+                 _names(getattr(cfg, "target_modules", None)) == self.target_modules,
+                 f"{self.target_modules}, as the packed engine's (one set of targets per "
+                 "shared base)")):
             if not ok:
                 raise ConfigError(name, getattr(cfg, name), allowed)
+        self.method.check(cfg, self.model.options)
 
     def attach(self, cfg, state: dict | None = None, *, owner: str | None = None,
                wait: bool = True) -> int | None:
@@ -96,9 +114,9 @@ class PackedEngine:
                     return None
                 self.cond.wait()
             steps = -(-len(self.ids) // cfg.batch_size) * cfg.max_epochs
-            plan = SlotPlan(rank=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                            learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                            warmup_ratio=cfg.warmup_ratio, total_steps=steps, seed=cfg.seed)
+            plan = SlotPlan(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            warmup_ratio=cfg.warmup_ratio, total_steps=steps, seed=cfg.seed,
+                            **self.method.plan_args(cfg))
             slot = self.trainer.attach(plan, state)
             self.cfgs[slot] = cfg
             self.owners[slot] = owner
@@ -150,14 +168,10 @@ class PackedEngine:
             self.cond.notify_all()
 
     def describe(self, slot: int) -> dict:
-        """What a trial's rows record of its slot: its trainable parameters at its own rank
-        (as a solo trial counts them: LoRA pairs and the head), the base's, and the engine."""
-        rank = self.trainer.slots[slot].plan.rank
-        head = self.model.head
-        trainable = (sum(rank * (layer.in_features + layer.out_features)
-                         for layer in self.model.layers.values())
-                     + head.in_features * head.out_features
-                     + (head.out_features if head.has_bias else 0))
+        """What a trial's rows record of its slot: its trainable parameters at its own size
+        (as its solo trial counts them: e.g. LoRA pairs at its rank, and the head), the base's,
+        and the engine."""
+        trainable = self.model.trainable(self.trainer.slots[slot].plan)
         base = sum(p.numel() for p in self.model.classifier.parameters() if not p.requires_grad)
         return {"trainable_params": int(trainable), "total_params": int(base + trainable),
                 "capacity": self.capacity, "slot": slot, "device": str(self.device)}
@@ -201,3 +215,10 @@ class PackedEngine:
                     peak=self.memory.peak_mb(), base_mb=self.base_mb, best_metric=self.metric,
                     mode="max", patience=None, max_epochs=cfg.max_epochs, track=self.track)
         job.result = (metrics, self.trainer.export(slot), loop)
+
+
+def _names(target_modules) -> tuple | None:
+    """target_modules as a config holds it (a tuple of names, or None), whatever it came as."""
+    if not target_modules:
+        return None
+    return (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)

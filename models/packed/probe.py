@@ -27,8 +27,9 @@ def knee(curve: list[dict], share: float = 0.9) -> int:
     return min(point["k"] for point in curve if point["samples_per_s"] >= share * best)
 
 
-def _batches(data, batch_size: int, seed: int):
-    """The longest sentences' batch, then length-grouped shuffled batches, for ever."""
+def endless_batches(data, batch_size: int, seed: int):
+    """The longest sentences' batch (an epoch's peak memory), then length-grouped shuffled
+    batches, epoch after epoch: a timed run never runs out."""
     ids, labels = data.split("fit")
     longest = length_sorted(ids)[0][::-1][:batch_size].copy()
     yield from classification_batches(ids, labels, batch_size=batch_size,
@@ -41,23 +42,23 @@ def _batches(data, batch_size: int, seed: int):
                                           shuffle_seed=seed * 1000 + epoch, group_by_length=True)
 
 
-def time_k(*, model_dir: str, data, k: int, batch_size: int, rank: int, target_modules,
-           device, steps: int) -> dict:
-    """Aggregate samples/s of ``k`` packed slots (rank ``rank``, batch ``batch_size``)."""
+def time_k(*, model_dir: str, data, k: int, batch_size: int, method, adapter: dict,
+           target_modules, device, steps: int) -> dict:
+    """Aggregate samples/s of ``k`` packed slots of ``method`` (a ``PackedMethod``), each with
+    the adapter hyperparameters ``adapter`` (``method.plan_args`` of a configuration) and batch
+    ``batch_size``."""
     from models.hf import load_sequence_classifier
-    from models.lora import lora_targets
-    from models.packed.layers import PackedLoRA
+    from models.packed.model import PackedModel
     from models.packed.trainer import PackedTrainer, SlotPlan
 
     base = load_sequence_classifier(model_dir, num_labels=2, pad_token_id=data.pad_token_id)
-    model = PackedLoRA(base, capacity=k, max_rank=rank,
-                       target_modules=lora_targets(base, target_modules)).to(device)
+    model = PackedModel(base, method=method, capacity=k, target_modules=target_modules,
+                        max_rank=max(1, adapter.get("rank", 1))).to(device)
     trainer = PackedTrainer(model, device=device, pad_id=data.pad_token_id)
     for i in range(k):
-        slot = trainer.attach(SlotPlan(rank=rank, alpha=2 * rank, dropout=0.1,
-                                       learning_rate=1e-4, weight_decay=0.0, warmup_ratio=0.0,
-                                       total_steps=10_000, seed=i))
-        trainer.start_epoch(slot, _batches(data, batch_size, i))
+        slot = trainer.attach(SlotPlan(**adapter, learning_rate=1e-4, weight_decay=0.0,
+                                       warmup_ratio=0.0, total_steps=10_000, seed=i))
+        trainer.start_epoch(slot, endless_batches(data, batch_size, i))
 
     def sync():
         if device.type == "cuda":
@@ -73,8 +74,9 @@ def time_k(*, model_dir: str, data, k: int, batch_size: int, rank: int, target_m
     return {"k": k, "samples_per_s": steps * k * batch_size / seconds}
 
 
-def throughput_curve(*, model_dir: str, data, max_k: int, batch_size: int, rank: int,
-                     target_modules, device: str = "cpu", steps: int = 2, share: float = 0.9,
+def throughput_curve(*, model_dir: str, data, max_k: int, batch_size: int, method,
+                     adapter: dict, target_modules, device: str = "cpu", steps: int = 2,
+                     share: float = 0.9,
                      say: Callable[[str], None] = print) -> list[dict]:
     """Points {k, samples_per_s} for K = 1, 2, 4, ... up to ``max_k`` (and ``max_k`` itself),
     stopping early once a K falls below ``share`` of the best so far (past the knee) or runs
@@ -84,8 +86,9 @@ def throughput_curve(*, model_dir: str, data, max_k: int, batch_size: int, rank:
     curve: list[dict] = []
     for k in ks:
         try:
-            point = time_k(model_dir=model_dir, data=data, k=k, batch_size=batch_size, rank=rank,
-                           target_modules=target_modules, device=dev, steps=steps)
+            point = time_k(model_dir=model_dir, data=data, k=k, batch_size=batch_size,
+                           method=method, adapter=adapter, target_modules=target_modules,
+                           device=dev, steps=steps)
         except torch.OutOfMemoryError:
             say(f"   probe: K={k} does not fit in the device's memory")
             break

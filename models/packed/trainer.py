@@ -1,15 +1,18 @@
 """The packed step: one optimizer step for every adapter that has a batch, on one shared base.
 
 Each slot is one trial's configuration: its own batches (batch size, seed, data order), learning
-rate and schedule, weight decay, dropout, rank and alpha, gradient clipping and AdamW state. A
-slot's losses equal the same configuration trained alone with ``models.loop.train_loop``
-(``tests/test_packed.py``): the step is that loop's step, done for S adapters at once.
+rate and schedule, weight decay, its adapter's own hyperparameters (LoRA's and DoRA's rank,
+alpha and dropout), gradient clipping and AdamW state. A slot's losses equal the same
+configuration trained alone with ``models.loop.train_loop`` (``tests/test_packed.py``,
+``tests/test_packed_methods.py``): the step is that loop's step, done for S adapters at once,
+whatever the adapter method (``models.packed.model``).
 
-The optimizer is AdamW written over the slot-first tensors of ``models.packed.layers`` (one
+The optimizer is AdamW written over the slot-first tensors of ``models.packed.model`` (one
 tensor per layer for all slots), with the learning rate, weight decay and step count a vector
 over slots: torch's AdamW takes one learning rate per parameter group, and a group per slot
 would cost operations per slot and parameter. Its arithmetic is torch's AdamW's (decoupled
-decay, bias corrections per slot); a slot without a batch this step is left as it is.
+decay, bias corrections per slot; no decay on what ``build_optimizer`` does not decay); a slot
+without a batch this step is left as it is.
 
 Each slot runs its own epochs: when its batches run out, ``step`` hands it back as finished
 (the caller evaluates and reports it, then calls ``start_epoch`` or ``release``); the other
@@ -24,23 +27,26 @@ import torch
 import torch.nn.functional as F
 
 from models.loop import autocast, lr_factor, to_device
-from models.packed.layers import PackedLoRA, routing_for
+from models.packed.layers import routing_for
+from models.packed.model import PackedModel
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch's AdamW defaults, as models.loop.build_optimizer uses
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SlotPlan:
-    """What the packed step needs of one trial's configuration."""
+    """What the packed step needs of one trial's configuration: its optimizer and schedule, and
+    what its adapter's method takes (``PackedMethod.plan_args``: LoRA's and DoRA's rank, alpha
+    and dropout; IA3 takes none of them)."""
 
-    rank: int
-    alpha: float
-    dropout: float
     learning_rate: float
     weight_decay: float
     warmup_ratio: float
     total_steps: int
     seed: int
+    rank: int = 0
+    alpha: float = 0.0
+    dropout: float = 0.0
 
 
 @dataclass
@@ -55,15 +61,16 @@ class _Slot:
 
 
 class PackedTrainer:
-    """``model`` (a ``PackedLoRA``) and its slots on ``device``; ``pad_id``: the tokenizer's."""
+    """``model`` (a ``PackedModel``) and its slots on ``device``; ``pad_id``: the tokenizer's."""
 
-    def __init__(self, model: PackedLoRA, *, device, pad_id: int, init_std: float = 0.02,
+    def __init__(self, model: PackedModel, *, device, pad_id: int, init_std: float = 0.02,
                  grad_clip: float = 1.0):
         self.model, self.device, self.pad_id = model, device, pad_id
         self.init_std, self.grad_clip = init_std, grad_clip
         self.slots: dict[int, _Slot] = {}
         self.last_losses: dict[int, torch.Tensor] = {}  # slot -> the last step's loss
         self.params = model.slotted()
+        self.decayed = {n: n not in model.no_decay() for n in self.params}
         self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
         cap = model.capacity
@@ -77,15 +84,14 @@ class PackedTrainer:
         """A fresh adapter (or ``state``, from ``export``) in a free slot; -> the slot."""
         slot = self.free_slots()[0]
         if state is None:
-            self.model.init_slot(slot, rank=plan.rank, alpha=plan.alpha, seed=plan.seed,
-                                 init_std=self.init_std)
+            self.model.init_slot(slot, plan, init_std=self.init_std)
             for n in self.params:
                 self.exp_avg[n][slot].zero_()
                 self.exp_avg_sq[n][slot].zero_()
             self.adam_steps[slot] = 0
             step = 0
         else:
-            self.model.load_slot(slot, state["weights"], rank=plan.rank, alpha=plan.alpha)
+            self.model.load_slot(slot, state["weights"], plan)
             for n in self.params:
                 self.exp_avg[n][slot].copy_(state["adam"]["exp_avg"][n])
                 self.exp_avg_sq[n][slot].copy_(state["adam"]["exp_avg_sq"][n])
@@ -98,10 +104,11 @@ class PackedTrainer:
         self.slots.pop(slot, None)
 
     def export(self, slot: int) -> dict:
-        """What resumes the slot exactly: weights, AdamW state, the schedule's position
-        (padded to the engine's largest rank: the AdamW state of padding is zero)."""
+        """What resumes the slot exactly: weights (at the slot's own size), AdamW state, the
+        schedule's position (padded to the engine's largest rank: the AdamW state of padding is
+        zero)."""
         s = self.slots[slot]
-        return {"weights": self.model.slot_state(slot, s.plan.rank),
+        return {"weights": self.model.slot_state(slot, s.plan),
                 "adam": {"exp_avg": {n: v[slot].cpu().clone() for n, v in self.exp_avg.items()},
                          "exp_avg_sq": {n: v[slot].cpu().clone()
                                         for n, v in self.exp_avg_sq.items()},
@@ -213,7 +220,8 @@ class PackedTrainer:
         for n, p in self.params.items():
             shape = (-1, *([1] * (p.ndim - 1)))
             g, m, v = p.grad, self.exp_avg[n], self.exp_avg_sq[n]
-            p.mul_(keep.view(shape))
+            if self.decayed[n]:
+                p.mul_(keep.view(shape))
             m.lerp_(g, m_w.view(shape))
             v.mul_(v_keep.view(shape)).addcmul_(g * v_w.view(shape), g)
             denom = (v.sqrt() / bc2.view(shape)).add_(EPS)
