@@ -105,7 +105,14 @@ def packed_worker(args, model_dir: str, data, device) -> dict:
     base = load_sequence_classifier(model_dir, num_labels=2, pad_token_id=data.pad_token_id)
     model = PackedLoRA(base, capacity=args.k, max_rank=args.lora_r,
                        target_modules=lora_targets(base, None)).to(device)
-    trainer = PackedTrainer(model, device=device, pad_id=data.pad_token_id)
+    static = None
+    if args.compile:  # as a --compile --pack sweep's engine: static shapes, a graph per bucket
+        from models.packed.static import StaticShapes
+
+        static = StaticShapes.for_lengths([len(x) for x in data.split("fit")[0]],
+                                          rows=args.batch_size)
+    trainer = PackedTrainer(model, device=device, pad_id=data.pad_token_id, static=static,
+                            compile=args.compile)
     streams = []
     for i in range(args.k):
         slot = trainer.attach(SlotPlan(rank=args.lora_r, alpha=2 * args.lora_r, dropout=0.1,
@@ -119,8 +126,10 @@ def packed_worker(args, model_dir: str, data, device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    step()
-    step()  # warm-up: lazy initialisations stay out of the counts and times
+    # Warm-up: lazy initialisations (and, compiled, most buckets' graphs) stay out of the
+    # counts and times.
+    for _ in range(2 + (3 * len(static.widths) if static else 0)):
+        step()
     ops = count_ops(step)
     before = sum(c.tokens for c in streams)
     t0 = time.perf_counter()
@@ -153,6 +162,7 @@ def solo_worker(args, model_dir: str, data, device) -> dict:
     s = setup(cfg, data, device)
     if device.type == "cpu":
         use_cpu_dropout(s.model)  # as a trial on the CPU does (models/trial.py)
+    model = torch.compile(s.model, dynamic=True) if args.compile else s.model  # as trials do
     params = [q for q in s.model.parameters() if q.requires_grad]
     opt, sched = build_optimizer(s.model, learning_rate=cfg.learning_rate, weight_decay=0.0,
                                  total_steps=10_000, warmup_ratio=0.0)
@@ -160,7 +170,7 @@ def solo_worker(args, model_dir: str, data, device) -> dict:
     s.model.train()
 
     def step():
-        loss, _ = s.loss_fn(s.model, {k: v.to(device) for k, v in next(batches).items()})
+        loss, _ = s.loss_fn(model, {k: v.to(device) for k, v in next(batches).items()})
         loss.backward()
         _step(params, opt, sched, 1.0)
         if device.type == "cuda":
@@ -202,7 +212,8 @@ def spawn(args, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
            "--lora-r", str(args.lora_r), "--steps", str(args.steps), "--device", args.device,
            *(["--data-dir", args.data_dir] if args.data_dir else []),
-           *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []), *extra]
+           *(["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []),
+           *(["--compile"] if args.compile else []), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
 
 
@@ -265,6 +276,9 @@ def main() -> None:
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both sides: packed with static shapes (a graph per length "
+                        "bucket; CUDA graphs on a GPU), each solo trial as a --compile trial")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the card's bf16 dense peak for MFU (default: known H100/H200/A100/L40S/A10)")
     # Internal: one measurement's process.

@@ -107,7 +107,10 @@ def print_plan(plan, prepared: Prepared, res: Resources) -> None:
                 + (f", {plan.engine_memory / 2**30:.1f} GiB planned: "
                    f"{plan.memory_note['packed']['basis']}; and each trial's own process "
                    f"{plan.client_memory / 2**30:.1f} GiB" if plan.engine_memory else "")
-                + "); each is still its own trial; the retrain runs unpacked"]
+                + ")" + ("; compiled, with static shapes (every slot the largest batch's "
+                         "rows, a few length buckets: one graph per bucket)"
+                         if plan.fixed.get("compile") else "")
+                + "; each is still its own trial; the retrain runs unpacked"]
                if plan.pack > 1 else []),
              *([f"   disk: about {plan.disk_note['need_mb']:,.0f} MB written "
                 f"({plan.disk_note['basis']}); {plan.disk_note['free_mb']:,} MB free"]

@@ -19,7 +19,7 @@ class EngineHost:
     sweep's CPU threads)."""
 
     def __init__(self, *, model_dir: str, data, capacity: int, max_rank: int, target_modules,
-                 threads: int, method):
+                 threads: int, method, compile: bool = False, max_batch: int | None = None):
         import ray
         import torch
 
@@ -29,7 +29,8 @@ class EngineHost:
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.engine = PackedEngine(model_dir=model_dir, data=data, capacity=capacity,
                                    max_rank=max_rank, target_modules=target_modules,
-                                   device=device, method=method)
+                                   device=device, method=method, compile=compile,
+                                   max_batch=max_batch)
 
     def ready(self) -> bool:
         return True
@@ -118,6 +119,8 @@ class Engine:
     def start(self, wait_s: float = 60.0) -> None:
         import ray
 
+        from search.memory import largest_batch
+
         plan = self.plan
         if self.host is not None:  # dead: its name is free once Ray has marked it so
             ray.kill(self.host, no_restart=True)
@@ -129,7 +132,9 @@ class Engine:
                     memory=plan.engine_memory or None, max_concurrency=plan.pack + 8,
                 ).remote(model_dir=plan.fixed["model"], data=self.data, capacity=plan.pack,
                          max_rank=max_rank(plan), target_modules=plan.fixed.get("target_modules"),
-                         threads=plan.total_cpus, method=plan.study.packed)
+                         threads=plan.total_cpus, method=plan.study.packed,
+                         compile=bool(plan.fixed.get("compile")),
+                         max_batch=largest_batch(plan.study, plan.space, plan.fixed))
                 break
             except ray.exceptions.ActorAlreadyExistsError:
                 if time.monotonic() > deadline:

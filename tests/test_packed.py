@@ -68,12 +68,13 @@ def no_base_dropout(model):
     return model
 
 
-def packed_run(model_dir: str, data):
-    """-> ({config index: [loss per step]}, {config index: initial weights})."""
+def packed_run(model_dir: str, data, **trainer_options):
+    """-> ({config index: [loss per step]}, {config index: initial weights}, the model);
+    ``trainer_options``: PackedTrainer's (static shapes, compile)."""
     base = no_base_dropout(load_sequence_classifier(model_dir, num_labels=2, pad_token_id=0))
     model = PackedLoRA(base, capacity=3, max_rank=8,
                        target_modules=lora_targets(base, None))
-    trainer = PackedTrainer(model, device="cpu", pad_id=0)
+    trainer = PackedTrainer(model, device="cpu", pad_id=0, **trainer_options)
     cfgs = [cfg_of(model_dir, c) for c in CONFIGS]
     slot_of, losses, initial = {}, {i: [] for i in range(4)}, {}
     for i in range(3):
@@ -234,8 +235,8 @@ def test_engine_trains_each_trial_as_alone_beside_others(tiny_llama):
 
 def test_engine_refuses_what_it_cannot_pack_and_frees_a_slot_mid_epoch(tiny_llama,
                                                                        monkeypatch):
-    """A rank above the engine's largest, micro-batches or --compile are a config error (the
-    trial ends once, naming the field); a slot released while its trial waits for an epoch
+    """A rank above the engine's largest, micro-batches or --compile (on an engine started
+    without it) are a config error (the trial ends once, naming the field); a slot released while its trial waits for an epoch
     (Tune ended the trial) hands the wait back empty, and the slot is free again. The epoch
     here never ends (its batches repeat for ever), so the release always comes mid-epoch."""
     import itertools

@@ -25,6 +25,7 @@ from models.loop import LoopState, close_epoch
 from models.metrics import confusion_metrics
 from models.packed.lora import LORA
 from models.packed.model import PackedMethod, PackedModel
+from models.packed.static import StaticShapes
 from models.packed.trainer import PackedTrainer, SlotPlan
 from models.peak_memory import PeakMemory
 
@@ -45,7 +46,8 @@ class PackedEngine:
 
     def __init__(self, *, model_dir: str, data: ClassificationData, capacity: int,
                  max_rank: int, target_modules, device="cpu", stage: str = "sweep",
-                 method: PackedMethod = LORA):
+                 method: PackedMethod = LORA, compile: bool = False,
+                 max_batch: int | None = None):
         from models.hf import load_sequence_classifier
 
         self.device = torch.device(device)
@@ -56,10 +58,16 @@ class PackedEngine:
         self.model = PackedModel(base, method=method, capacity=capacity,
                                  target_modules=target_modules,
                                  max_rank=max_rank).to(self.device)
-        self.trainer = PackedTrainer(self.model, device=self.device, pad_id=data.pad_token_id)
         train_split, evals, self.metric = stage_splits(data, stage, score=SCORE)
         self.track = stage_track(stage)
         self.ids, self.labels = data.split(train_split)
+        # --compile: static shapes (every slot max_batch rows, a few length buckets), one
+        # compiled graph per bucket
+        self.compiled = compile
+        self.static = (StaticShapes.for_lengths([len(x) for x in self.ids], rows=max_batch)
+                       if compile else None)
+        self.trainer = PackedTrainer(self.model, device=self.device, pad_id=data.pad_token_id,
+                                     static=self.static, compile=compile)
         self.pad_id = data.pad_token_id
         self._eval_slot = 0
         self.evaluate = make_evaluator(
@@ -90,7 +98,11 @@ class PackedEngine:
                             "Study.packed)")
         for name, ok, allowed in (
                 ("micro_batch_size", cfg.micro_batch_size == 0, "0 when trials are packed"),
-                ("compile", not cfg.compile, "false when trials are packed"),
+                ("compile", cfg.compile == self.compiled,
+                 f"{self.compiled}, as the packed engine's (one compiled step for all slots)"),
+                ("batch_size", self.static is None or cfg.batch_size <= self.static.rows,
+                 f"<= {self.static.rows if self.static else 0}, the rows a slot has in the "
+                 "engine's static shapes"),
                 ("target_modules",
                  _names(getattr(cfg, "target_modules", None)) == self.target_modules,
                  f"{self.target_modules}, as the packed engine's (one set of targets per "

@@ -187,3 +187,11 @@ def linear_paths(model: nn.Module, head: str):
         if type(module).__name__ in ("Linear", "Conv1D") and path.split(".")[-1] != head:
             yield path, module
 
+
+def host_to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device``. From pinned memory, asynchronously on a GPU: a copy from pageable
+    memory waits for every kernel queued before it, a host sync in every step."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from models.loop import autocast, lr_factor, to_device
-from models.packed.layers import routing_for
+from models.packed.layers import host_to_device, routing_for
 from models.packed.model import PackedModel
+from models.packed.static import StaticShapes, static_batch, static_routing
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch's AdamW defaults, as models.loop.build_optimizer uses
 
@@ -61,11 +62,26 @@ class _Slot:
 
 
 class PackedTrainer:
-    """``model`` (a ``PackedModel``) and its slots on ``device``; ``pad_id``: the tokenizer's."""
+    """``model`` (a ``PackedModel``) and its slots on ``device``; ``pad_id``: the tokenizer's.
+    ``static``: every step in one of its shapes (``models.packed.static``); ``compile``: the
+    model's forward (and so its backward) through ``torch.compile`` with static shapes, one
+    graph per length bucket (``backend``: torch.compile's, default inductor)."""
 
     def __init__(self, model: PackedModel, *, device, pad_id: int, init_std: float = 0.02,
-                 grad_clip: float = 1.0):
+                 grad_clip: float = 1.0, static: StaticShapes | None = None,
+                 compile: bool = False, backend: str | None = None):
         self.model, self.device, self.pad_id = model, device, pad_id
+        self.static = static
+        if compile and static is None:
+            raise ValueError("a compiled packed step needs static shapes")
+        # On a GPU, CUDA graphs (one replay a step); elsewhere the default (inductor).
+        how = ({"backend": backend} if backend else
+               {"mode": "reduce-overhead"} if torch.device(device).type == "cuda" else {})
+        self.forward = torch.compile(model, dynamic=False, **how) if compile else model
+        cap = model.capacity
+        # [capacity x rows]: each static row's slot (constant: built once)
+        self.row_slot = (None if static is None else
+                         torch.arange(cap, device=device).repeat_interleave(static.rows))
         self.init_std, self.grad_clip = init_std, grad_clip
         self.slots: dict[int, _Slot] = {}
         self.last_losses: dict[int, torch.Tensor] = {}  # slot -> the last step's loss
@@ -73,7 +89,6 @@ class PackedTrainer:
         self.decayed = {n: n not in model.no_decay() for n in self.params}
         self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        cap = model.capacity
         self.adam_steps = torch.zeros(cap, dtype=torch.float64)  # per slot, on the host
 
     def free_slots(self) -> list[int]:
@@ -148,25 +163,9 @@ class PackedTrainer:
                 "train_s": time.perf_counter() - s.started}
 
     def _train(self, taking: list[int], batches: list[dict]) -> None:
-        packed = to_device(pack_batches(batches, self.pad_id), self.device)
-        sizes = [len(b["labels"]) for b in batches]
-        plans = [self.slots[k].plan for k in taking]
-        route = routing_for(taking, sizes, self.device, [p.dropout for p in plans],
-                            capacity=self.model.capacity)
-        self.model.train()
-        self.model.set_routing(route)
-        try:
-            with autocast(self.device):
-                logits = self.model(**packed)
-        finally:
-            self.model.set_routing(None)
-        labels = packed["labels"]
-        rows = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
-        n = torch.tensor(sizes, device=rows.device, dtype=rows.dtype)
-        losses = torch.zeros(len(taking), device=rows.device).index_add_(
-            0, route.row_slot, rows) / n  # [S]: each slot's mean over its rows
+        losses, counts = (self._losses(taking, batches) if self.static is None
+                          else self._static_losses(taking, batches))
         losses.sum().backward()
-        counts = _confusion(logits.detach().argmax(-1), labels, route.row_slot, len(taking))
         self.last_losses = dict(zip(taking, losses.detach()))
         lr = torch.zeros(self.model.capacity, dtype=torch.float64)
         decay = torch.zeros(self.model.capacity, dtype=torch.float64)
@@ -185,6 +184,48 @@ class PackedTrainer:
         self._adamw(active, lr, decay)
         for p in self.params.values():
             p.grad = None
+
+    def _logits(self, packed: dict, route) -> torch.Tensor:
+        self.model.train()
+        self.model.set_routing(route)
+        try:
+            with autocast(self.device):
+                return self.forward(**packed)
+        finally:
+            self.model.set_routing(None)
+
+    def _losses(self, taking: list[int], batches: list[dict]):
+        """-> ([S] each taking slot's mean loss over its rows, [S, 4] its confusion counts)."""
+        packed = to_device(pack_batches(batches, self.pad_id), self.device)
+        sizes = [len(b["labels"]) for b in batches]
+        route = routing_for(taking, sizes, self.device,
+                            [self.slots[k].plan.dropout for k in taking],
+                            capacity=self.model.capacity)
+        logits = self._logits(packed, route)
+        labels = packed["labels"]
+        rows = F.cross_entropy(logits.float(), labels, reduction="none")  # [N]
+        n = torch.tensor(sizes, device=rows.device, dtype=rows.dtype)
+        losses = torch.zeros(len(taking), device=rows.device).index_add_(
+            0, route.row_slot, rows) / n  # [S]: each slot's mean over its rows
+        counts = _confusion(logits.detach().argmax(-1), labels, route.row_slot, len(taking))
+        return losses, counts
+
+    def _static_losses(self, taking: list[int], batches: list[dict]):
+        """``_losses`` in a static shape: every slot's rows, padding weighing 0."""
+        cap = self.model.capacity
+        packed, weights = static_batch(self.static, cap, dict(zip(taking, batches)),
+                                       self.pad_id, self.device)
+        drop = [self.slots[k].plan.dropout if k in taking else 0.0 for k in range(cap)]
+        p = (host_to_device(torch.tensor(drop, dtype=torch.float32), self.device)
+             if any(d > 0 for d in drop) else None)
+        logits = self._logits(packed, static_routing(self.static, cap, p, self.row_slot))
+        labels = packed["labels"]
+        rows = F.cross_entropy(logits.float(), labels, reduction="none") * weights
+        every = torch.zeros(cap, device=rows.device).index_add_(0, self.row_slot, rows)
+        counts = _confusion(logits.detach().argmax(-1), labels, self.row_slot, cap,
+                            real=weights > 0)
+        pick = host_to_device(torch.tensor(taking), rows.device)
+        return every.index_select(0, pick), counts.index_select(0, pick)
 
     @torch.no_grad()
     def _clip(self, active: torch.Tensor) -> None:
@@ -211,12 +252,11 @@ class PackedTrainer:
         on = active.double()
         dev = next(iter(self.params.values())).device
         # [C] vectors on the device, in the parameters' dtype
-        keep = (1 - lr * decay).to(dev, torch.float32)
-        m_w = ((1 - b1) * on).to(dev, torch.float32)  # inactive: the moments stay
-        v_keep = torch.where(active, torch.tensor(b2, dtype=torch.float64), 1.0).to(dev, torch.float32)
-        v_w = ((1 - b2) * on).to(dev, torch.float32)
-        step_size = (lr / bc1).to(dev, torch.float32)
-        bc2 = bc2_sqrt.to(dev, torch.float32)
+        # [6, C]: one copy to the device (no wait for the step's kernels: see host_to_device)
+        keep, m_w, v_keep, v_w, step_size, bc2 = host_to_device(torch.stack([
+            1 - lr * decay, (1 - b1) * on,  # inactive: the moments stay
+            torch.where(active, torch.tensor(b2, dtype=torch.float64), 1.0), (1 - b2) * on,
+            lr / bc1, bc2_sqrt]).float(), dev)
         for n, p in self.params.items():
             shape = (-1, *([1] * (p.ndim - 1)))
             g, m, v = p.grad, self.exp_avg[n], self.exp_avg_sq[n]
@@ -255,9 +295,12 @@ def pack_batches(batches: list[dict], pad_id: int) -> dict:
 
 
 def _confusion(preds: torch.Tensor, labels: torch.Tensor, row_slot: torch.Tensor,
-               slots: int) -> torch.Tensor:
-    """[S, 4]: tp, fp, tn, fn per slot (positive = label 1)."""
+               slots: int, real: torch.Tensor | None = None) -> torch.Tensor:
+    """[S, 4]: tp, fp, tn, fn per slot (positive = label 1); ``real`` [N]: the rows to count
+    (None: all)."""
     kind = (preds == 1).long() * 2 + (labels == 1).long()  # 3 tp, 2 fp, 0 tn, 1 fn
     cols = torch.tensor([3, 2, 0, 1], device=preds.device)
     onehot = (kind.unsqueeze(1) == cols).float()  # [N, 4]
+    if real is not None:
+        onehot = onehot * real.unsqueeze(1)
     return torch.zeros(slots, 4, device=preds.device).index_add_(0, row_slot, onehot)
