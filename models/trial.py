@@ -75,6 +75,17 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def report_failure(config: dict, reason: str, provenance: dict, *, epoch: int = 0) -> None:
+    """End a trial once with its reason (a NaN metric row marked complete): for what a retry
+    cannot fix (a bad config, a missing file, out of GPU memory), which Tune would otherwise
+    retry --max-failures times."""
+    from ray import tune
+
+    tune.report({config.get("_metric", "failure_metric"): float("nan"), "epoch": epoch,
+                 "failure": reason, "complete": True, "last_epoch": True,
+                 "node_id": _node_id(), **provenance})
+
+
 def oom_message(cfg, error: BaseException) -> str:
     """Why a trial ran out of GPU memory and what to change: its batch size and its share of
     a GPU (Ray's assignment, from --gpus-per-trial)."""
@@ -124,9 +135,7 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
     except NOT_RETRYABLE as e:
         # Retrying cannot fix a bad config or a missing file: end the trial once, with its
         # reason, instead of raising (which Tune would retry --max-failures times).
-        tune.report({config.get("_metric", "failure_metric"): float("nan"), "epoch": 0,
-                     "failure": f"{type(e).__name__}: {e}", "complete": True,
-                     "last_epoch": True, "node_id": _node_id(), **provenance})
+        report_failure(config, f"{type(e).__name__}: {e}", provenance)
         release()
         return
     optimizer, scheduler = build_optimizer(
@@ -194,9 +203,8 @@ def run_trial(config: dict, *, data, provenance: dict, config_cls, setup_fn: Cal
         # Out of GPU memory: the same batch on the same share of a GPU fails again, so end
         # the trial once, saying what to change (a retry would only repeat it).
         traceback.clear_frames(e.__traceback__)
-        tune.report({config.get("_metric", "failure_metric"): float("nan"),
-                     "epoch": int(last.get("epoch", 0)), "failure": oom_message(cfg, e),
-                     "complete": True, "last_epoch": True, "node_id": node, **provenance})
+        report_failure(config, oom_message(cfg, e), provenance,
+                       epoch=int(last.get("epoch", 0)))
     except BaseException as e:
         # Tune ends a trial it stops (ASHA, or max_t reached at the last report) by raising
         # SystemExit inside tune.report. The traceback keeps the loop's frames, and with them

@@ -32,6 +32,14 @@ def tiny_model(tmp_path_factory, synthetic) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, synthetic) -> str:
+    from models.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("llama") / "model",
+                            synthetic.train_text + synthetic.dev_text)
+
+
+@pytest.fixture(scope="session")
 def shared_cola() -> Path:
     if not (SHARED_COLA / "raw" / "in_domain_train.tsv").is_file():
         pytest.skip(f"real CoLA sample not present at {SHARED_COLA}")

@@ -34,14 +34,6 @@ STEPS = 6  # packed steps; the fourth joins after the first's third step
 TOTAL = 40  # the schedule's length (as if max_epochs x steps per epoch)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, synthetic) -> str:
-    from models.tiny import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("llama") / "model",
-                            synthetic.train_text + synthetic.dev_text)
-
-
 def cfg_of(model_dir: str, c: dict) -> ColaLoraConfig:
     return ColaLoraConfig(model=model_dir, lora_dropout=0.0, max_epochs=1, **c)
 

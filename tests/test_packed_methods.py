@@ -25,7 +25,7 @@ from models.packed.model import PackedModel
 from models.packed.trainer import PackedTrainer, SlotPlan
 
 from test_lora_and_loop import separable
-from test_packed import TOTAL, batches_of, no_base_dropout, tiny_llama  # noqa: F401 (fixture)
+from test_packed import TOTAL, batches_of, no_base_dropout
 
 # Large steps: a few of them move the adapters far enough from their start (IA3's vectors from
 # 1, DoRA's magnitudes from the weights' norms) that a wrong formula shows in the losses.

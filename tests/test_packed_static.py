@@ -10,7 +10,7 @@ import pytest
 
 from models.packed.static import StaticShapes, static_batch
 from test_lora_and_loop import separable
-from test_packed import CONFIGS, packed_run, tiny_llama  # noqa: F401 (a fixture)
+from test_packed import CONFIGS, packed_run
 
 
 def shapes_for(data) -> StaticShapes:

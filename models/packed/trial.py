@@ -16,19 +16,9 @@ from typing import Callable
 import torch
 
 from models.loop import LoopState
-from models.trial import META, NOT_RETRYABLE
+from models.trial import META, NOT_RETRYABLE, report_failure
 
 PACKED_STATE = "packed_state.pt"  # the slot's weights, AdamW state, schedule and loop state
-
-
-def _failure(config: dict, error: BaseException, provenance: dict, epoch: int = 0) -> None:
-    from ray import tune
-
-    from models.trial import _node_id
-
-    tune.report({config.get("_metric", "failure_metric"): float("nan"), "epoch": epoch,
-                 "failure": f"{type(error).__name__}: {error}", "complete": True,
-                 "last_epoch": True, "node_id": _node_id(), **provenance})
 
 
 def engine_handle(name: str, wait_s: float = 60.0):
@@ -58,7 +48,7 @@ def run_packed_trial(config: dict, *, provenance: dict, engine: str, config_cls)
     try:
         cfg = config_cls.from_tune(config)
     except NOT_RETRYABLE as e:
-        _failure(config, e, provenance)
+        report_failure(config, f"{type(e).__name__}: {e}", provenance)
         return
     host = engine_handle(engine)
     state, loop = None, LoopState()
@@ -75,7 +65,7 @@ def run_packed_trial(config: dict, *, provenance: dict, engine: str, config_cls)
         slot = ray.get(host.attach.remote(cfg, state, owner=owner))
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, NOT_RETRYABLE):  # e.g. lora_r above the engine's largest rank
-            _failure(config, e.cause, provenance)
+            report_failure(config, f"{type(e.cause).__name__}: {e.cause}", provenance)
             return
         raise
     info = ray.get(host.describe.remote(slot))
