@@ -98,8 +98,8 @@ def _plan(args, suffix: str, variant: Variant, *, prepared: Prepared, res, stora
     if (auto or asked > 1) and pack == 1:
         print(f"--pack {args.pack}: {study.name} cannot be packed yet; its trials run "
               "unpacked, one process each", flush=True)
-    if pack > 1:  # the engine's slots bound the trials at once; the engine has every CPU
-        concurrency = pack
+    if pack > 1 and not auto:  # the engine's slots bound the trials at once (auto: once the
+        concurrency = pack  # probe has picked them, search.resources); the engine has every CPU
     metric, mode = search_metrics[study.name]
     objectives = parse_objectives(args.objectives, study, searcher, scheduler,
                                   args.warm_start)

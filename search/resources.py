@@ -166,8 +166,15 @@ def _plan_packed(plan, prepared: Prepared, avail: int) -> None:
 
         k, probe = probe_slots(plan, prepared.data, k,
                                prepared.model_while_planning or plan.fixed["model"])
-        print(f"--pack auto: packing {k} (the fewest slots, at least 2, within 10% of the "
-              "best aggregate samples/s measured)", flush=True)
+        if k < 2:
+            print("--pack auto: one slot does as well as any K measured (the step is bound by "
+                  "compute, not per-operator cost): the trials run unpacked, one process each",
+                  flush=True)
+            plan.pack, plan.total_cpus = 1, 0
+            plan.memory_note["packed"] = {"slots": 1, "probe": probe}
+            return
+        print(f"--pack auto: packing {k} (the fewest slots within 10% of the best aggregate "
+              "samples/s measured)", flush=True)
     est = need(k)[0]
     plan.pack = plan.concurrency = k
     plan.engine_memory, plan.client_memory = est.bytes, client
