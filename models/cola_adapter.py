@@ -35,13 +35,44 @@ def epoch_batches(cfg, ids, labels, *, pad_id: int, epoch: int):
                                   group_by_length=cfg.group_by_length)
 
 
+INIT_STD = 0.02  # a new classification head's initialisation (transformers' initializer_range)
+
+
+def seeded_start(model, seed: int, init_std: float = INIT_STD) -> None:
+    """The adapter's random initial weights drawn as a packed slot draws its own
+    (``models.packed.model.PackedModel.init_slot``): from a generator seeded with the trial's
+    seed alone, the head ~ N(0, init_std) first, then each LoRA A, in module order, as peft
+    initialises it (kaiming-uniform, a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))). So one
+    configuration starts from the same weights solo and packed. B, DoRA's magnitudes and IA3's
+    vectors start where peft puts them (0, the weight's norms, 1), which no seed changes."""
+    import math
+
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head = next(m for n, m in model.named_modules()
+                    if n.endswith("score.modules_to_save.default"))
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * init_std)
+        if head.bias is not None:
+            head.bias.zero_()
+        for module in model.modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                a = module.lora_A["default"].weight  # [r, in]
+                bound = 1.0 / math.sqrt(module.in_features)
+                a.copy_(torch.rand(a.shape, generator=g) * 2 * bound - bound)
+
+
 def adapter_setup(cfg, data: ClassificationData, device, *, build_model: Callable) -> TrialSetup:
     """The TrialSetup of a peft adapter on a sequence classifier (the trial harness calls it
     once per trial)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    model = build_model(cfg, pad_token_id=data.pad_token_id).to(device)
+    model = build_model(cfg, pad_token_id=data.pad_token_id)
+    seeded_start(model, cfg.seed)
+    model = model.to(device)
     train_split, evals, metric = stage_splits(data, cfg.stage, score=SCORE)
     ids, labels = data.split(train_split)
 

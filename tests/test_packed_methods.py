@@ -252,3 +252,36 @@ def test_engine_packs_ia3_and_dora_and_refuses_what_it_cannot(tiny_llama):
             assert loop.epoch == 1 and np.isfinite(metrics["train_loss"])
             assert set(state["weights"]) == set(eng.model.slotted())
         eng.close()
+
+
+@pytest.mark.parametrize("which", ["lora", "dora", "ia3"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_solo_trial_starts_where_a_packed_slot_of_its_seed_starts(which, arch, tiny_model,
+                                                                     tiny_llama):
+    """Same configuration, same seed: the solo trial's setup (peft) and a packed slot hold the
+    same initial adapter and head (models.cola_adapter.seeded_start), whatever else the global
+    random stream did before."""
+    from models.cola_adapter import adapter_setup
+    from models.cola_lora import ColaLoraConfig, build_lora_model
+    from models.packed.lora import LORA
+
+    model_dir = tiny_model if arch == "gpt2" else tiny_llama
+    data = separable()
+    packed, config_cls, build, _ = ({"lora": (LORA, ColaLoraConfig, build_lora_model, None)}
+                                    | METHODS)[which]
+    extra = {"lora_r": 4, "lora_alpha": 8} if which != "ia3" else {}
+    cfg = config_cls(model=model_dir, seed=11, **extra)
+    base = load_sequence_classifier(model_dir, num_labels=2, pad_token_id=0)
+    trainer = PackedTrainer(PackedModel(base, method=packed, capacity=2, target_modules=None,
+                                        max_rank=8), device="cpu", pad_id=0)
+    trainer.attach(SlotPlan(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
+                            total_steps=10, seed=99, **packed.plan_args(cfg)))  # a neighbour
+    slot = trainer.attach(SlotPlan(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0,
+                                   total_steps=10, seed=cfg.seed, **packed.plan_args(cfg)))
+    initial = trainer.export(slot)["weights"]
+    torch.manual_seed(12345)  # the global stream is not what decides the start
+    solo = dict(adapter_setup(cfg, data, "cpu", build_model=build).model.named_parameters())
+    assert any(k.endswith("lora_A") for k in initial) == (which != "ia3")
+    for key, value in initial.items():
+        torch.testing.assert_close(solo[peft_name(key, solo)].reshape(value.shape), value,
+                                   rtol=0, atol=0, msg=key)

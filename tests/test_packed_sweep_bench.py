@@ -165,10 +165,10 @@ def test_matched_configurations_and_decisions_are_the_experiments(bench_run):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "a solo trial draws its adapter and head from torch's global generator (peft, transformers)"
-    ", a packed slot from a generator seeded per slot, and LoRA dropout masks come from other "
-    "streams: the same configuration's metrics agree in distribution, not per epoch. Strict: "
-    "once both start from the same weights (dropout 0), this passes and the mark must go."))
+    "solo and packed trials start from the same weights (models.cola_adapter.seeded_start), but "
+    "their dropout masks (the tiny GPT-2's own and LoRA's) come from other random streams: the "
+    "same configuration's metrics agree in distribution, not per epoch. Strict: once both draw "
+    "the same masks, this passes and the mark must go."))
 def test_matched_configurations_train_to_the_same_metrics(bench_run):
     # test_packed.py's tolerance for a packed trial's per-epoch metrics against the same
     # configuration alone (same initial weights, dropout off).

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from models.loop import autocast, lr_factor, to_device
+from models.cola_adapter import INIT_STD
 from models.packed.layers import host_to_device, routing_for
 from models.packed.model import PackedModel
 from models.packed.static import StaticShapes, static_batch, static_routing
@@ -67,7 +68,7 @@ class PackedTrainer:
     model's forward (and so its backward) through ``torch.compile`` with static shapes, one
     graph per length bucket (``backend``: torch.compile's, default inductor)."""
 
-    def __init__(self, model: PackedModel, *, device, pad_id: int, init_std: float = 0.02,
+    def __init__(self, model: PackedModel, *, device, pad_id: int, init_std: float = INIT_STD,
                  grad_clip: float = 1.0, static: StaticShapes | None = None,
                  compile: bool = False, backend: str | None = None):
         self.model, self.device, self.pad_id = model, device, pad_id
