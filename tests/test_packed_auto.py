@@ -58,3 +58,47 @@ def test_probe_stops_once_a_k_falls_below_the_share_of_the_best(tiny_model):
                               method=LORA, adapter={"rank": 2, "alpha": 4, "dropout": 0.0},
                               target_modules=None, steps=1, share=1e9, say=lambda _: None)
     assert [p["k"] for p in points] == [1, 2]
+
+
+def _plan(pack: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pack=pack, pack_auto=True, study=None, space={}, fixed={"model": "m"},
+                           memory_note={}, concurrency=2, total_cpus=2, engine_memory=0,
+                           client_memory=0)
+
+
+def _prepared():
+    from types import SimpleNamespace
+
+    from search.memory import GIB, Estimate
+
+    return SimpleNamespace(data=None, model_while_planning="m",
+                           packed_memory=lambda study, space, fixed, k: Estimate(k * GIB, "k GiB"))
+
+
+@pytest.mark.parametrize("curve, packed", [
+    ([{"k": 1, "samples_per_s": 10.0}, {"k": 2, "samples_per_s": 10.5},
+      {"k": 4, "samples_per_s": 9.0}], False),  # flat: unpacked
+    ([{"k": 1, "samples_per_s": 10.0}, {"k": 2, "samples_per_s": 30.0},
+      {"k": 4, "samples_per_s": 31.0}], True),  # climbs to K=2
+])
+def test_auto_packs_the_knee_or_runs_unpacked_when_one_slot_does_as_well(monkeypatch, curve,
+                                                                        packed):
+    import search.packing
+    from search.memory import GIB
+    from search.resources import _plan_packed
+
+    asked = []
+    monkeypatch.setattr(search.packing, "probe_slots",
+                        lambda plan, data, most, model: asked.append(most) or (knee(curve), curve))
+    plan = _plan(pack=16)
+    _plan_packed(plan, _prepared(), avail=int(6.5 * GIB))
+    # memory first: 5 slots of 1 GiB and 5 trial processes of 0.3 GiB fit in 6.5 GiB, 6 do not
+    assert asked == [5]
+    assert plan.memory_note["packed"]["probe"] == curve
+    if packed:
+        assert plan.pack == plan.concurrency == 2 and plan.engine_memory == 2 * GIB
+    else:
+        assert plan.pack == 1 and plan.total_cpus == 0 and plan.concurrency == 2
+        assert plan.engine_memory == 0
