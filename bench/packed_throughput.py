@@ -96,30 +96,29 @@ def count_ops(step) -> int:
 
 
 def packed_worker(args, model_dir: str, data, device) -> dict:
-    from models.hf import count_parameters, load_sequence_classifier
-    from models.lora import lora_targets
-    from models.packed.lora import PackedLoRA
-    from models.packed.trainer import PackedTrainer, SlotPlan
+    from models.hf import count_parameters
+    from models.packed.lora import LORA
+    from models.packed.probe import start_slots
     from search.memory import model_shape, packed_estimate
 
-    base = load_sequence_classifier(model_dir, num_labels=2, pad_token_id=data.pad_token_id)
-    model = PackedLoRA(base, capacity=args.k, max_rank=args.lora_r,
-                       target_modules=lora_targets(base, None)).to(device)
     static = None
     if args.compile:  # as a --compile --pack sweep's engine: static shapes, a graph per bucket
         from models.packed.static import StaticShapes
 
         static = StaticShapes.for_lengths([len(x) for x in data.split("fit")[0]],
                                           rows=args.batch_size)
-    trainer = PackedTrainer(model, device=device, pad_id=data.pad_token_id, static=static,
-                            compile=args.compile)
     streams = []
-    for i in range(args.k):
-        slot = trainer.attach(SlotPlan(rank=args.lora_r, alpha=2 * args.lora_r, dropout=0.1,
-                                       learning_rate=1e-4 * (1 + i), weight_decay=0.0,
-                                       warmup_ratio=0.0, total_steps=10_000, seed=i))
-        streams.append(Counted(endless_batches(data, args.batch_size, i)))
-        trainer.start_epoch(slot, streams[-1])
+
+    def counted(batches):
+        streams.append(Counted(batches))
+        return streams[-1]
+
+    trainer = start_slots(
+        model_dir=model_dir, data=data, k=args.k, batch_size=args.batch_size, method=LORA,
+        adapter={"rank": args.lora_r, "alpha": 2 * args.lora_r, "dropout": 0.1},
+        target_modules=None, device=device, wrap=counted, static=static, compile=args.compile,
+        learning_rates=[1e-4 * (1 + i) for i in range(args.k)])
+    model = trainer.model
 
     def step():
         trainer.step()

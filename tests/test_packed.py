@@ -116,6 +116,20 @@ def solo_run(model_dir: str, data, c: dict, initial: dict, steps: int) -> list[f
     return out
 
 
+def resumed_losses(trainer, slot: int, batches, *, taken: int, steps: int) -> list[float]:
+    """``slot``'s losses over ``steps`` steps of ``batches`` after the ``taken`` batches an
+    earlier trainer took (its epoch resumed where the exported slot left it)."""
+    rest = iter(batches)
+    for _ in range(taken):
+        next(rest)
+    trainer.start_epoch(slot, rest)
+    out = []
+    for _ in range(steps):
+        trainer.step()
+        out.append(float(trainer.last_losses[slot]))
+    return out
+
+
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
 def test_packed_adapters_train_as_each_would_alone(which, tiny_model, tiny_llama):
     model_dir = tiny_model if which == "gpt2" else tiny_llama
@@ -160,14 +174,7 @@ def test_an_exported_slot_resumes_exactly(tiny_model):
         first.step()
     state = first.export(slot)
     second, slot = trainer_with(state)
-    rest = batches_of(data, cfg)
-    for _ in range(2):  # the two batches the first trainer took
-        next(rest)
-    second.start_epoch(slot, rest)
-    resumed = []
-    for _ in range(3):
-        second.step()
-        resumed.append(float(second.last_losses[slot]))
+    resumed = resumed_losses(second, slot, batches_of(data, cfg), taken=2, steps=3)
     np.testing.assert_allclose(resumed, straight[2:], rtol=1e-6)
 
 

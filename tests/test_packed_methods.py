@@ -25,7 +25,7 @@ from models.packed.model import PackedModel
 from models.packed.trainer import PackedTrainer, SlotPlan
 
 from test_lora_and_loop import separable
-from test_packed import TOTAL, batches_of, no_base_dropout
+from test_packed import TOTAL, batches_of, no_base_dropout, resumed_losses
 
 # Large steps: a few of them move the adapters far enough from their start (IA3's vectors from
 # 1, DoRA's magnitudes from the weights' norms) that a wrong formula shows in the losses.
@@ -172,14 +172,7 @@ def test_a_slot_starts_from_its_seed_alone_and_resumes_exactly(which, tiny_model
     state = first.export(slot)
     second = packed_trainer(which, tiny_model, capacity=2)
     slot = second.attach(plan, state)
-    rest = batches_of(data, cfg)
-    for _ in range(2):  # the two batches the first trainer took
-        next(rest)
-    second.start_epoch(slot, rest)
-    resumed = []
-    for _ in range(3):
-        second.step()
-        resumed.append(float(second.last_losses[slot]))
+    resumed = resumed_losses(second, slot, batches_of(data, cfg), taken=2, steps=3)
     np.testing.assert_allclose(before[0], straight[0][:2], rtol=1e-6)
     np.testing.assert_allclose(resumed, straight[0][2:], rtol=1e-6)
 

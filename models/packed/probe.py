@@ -42,11 +42,13 @@ def endless_batches(data, batch_size: int, seed: int):
                                           shuffle_seed=seed * 1000 + epoch, group_by_length=True)
 
 
-def time_k(*, model_dir: str, data, k: int, batch_size: int, method, adapter: dict,
-           target_modules, device, steps: int) -> dict:
-    """Aggregate samples/s of ``k`` packed slots of ``method`` (a ``PackedMethod``), each with
-    the adapter hyperparameters ``adapter`` (``method.plan_args`` of a configuration) and batch
-    ``batch_size``."""
+def start_slots(*, model_dir: str, data, k: int, batch_size: int, method, adapter: dict,
+                target_modules, device, wrap=lambda batches: batches, static=None,
+                compile: bool = False, learning_rates=None):
+    """A ``PackedTrainer`` of ``k`` slots of ``method`` (a ``PackedMethod``), each with the
+    adapter hyperparameters ``adapter`` (``method.plan_args`` of a configuration), its own seed
+    (and learning rate, ``learning_rates[i]``), and ``endless_batches`` of ``batch_size``
+    (passed through ``wrap``, e.g. to count their tokens)."""
     from models.hf import load_sequence_classifier
     from models.packed.model import PackedModel
     from models.packed.trainer import PackedTrainer, SlotPlan
@@ -54,11 +56,22 @@ def time_k(*, model_dir: str, data, k: int, batch_size: int, method, adapter: di
     base = load_sequence_classifier(model_dir, num_labels=2, pad_token_id=data.pad_token_id)
     model = PackedModel(base, method=method, capacity=k, target_modules=target_modules,
                         max_rank=max(1, adapter.get("rank", 1))).to(device)
-    trainer = PackedTrainer(model, device=device, pad_id=data.pad_token_id)
+    trainer = PackedTrainer(model, device=device, pad_id=data.pad_token_id, static=static,
+                            compile=compile)
     for i in range(k):
-        slot = trainer.attach(SlotPlan(**adapter, learning_rate=1e-4, weight_decay=0.0,
+        lr = learning_rates[i] if learning_rates else 1e-4
+        slot = trainer.attach(SlotPlan(**adapter, learning_rate=lr, weight_decay=0.0,
                                        warmup_ratio=0.0, total_steps=10_000, seed=i))
-        trainer.start_epoch(slot, endless_batches(data, batch_size, i))
+        trainer.start_epoch(slot, wrap(endless_batches(data, batch_size, i)))
+    return trainer
+
+
+def time_k(*, model_dir: str, data, k: int, batch_size: int, method, adapter: dict,
+           target_modules, device, steps: int) -> dict:
+    """Aggregate samples/s of ``k`` packed slots (``start_slots``)."""
+    trainer = start_slots(model_dir=model_dir, data=data, k=k, batch_size=batch_size,
+                          method=method, adapter=adapter, target_modules=target_modules,
+                          device=device)
 
     def sync():
         if device.type == "cuda":
