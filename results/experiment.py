@@ -77,7 +77,8 @@ def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path)
+        # trial ids as text: an id of digits only would be read as a number
+        return pd.read_csv(path, dtype={"trial_id": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         problems.append(f"{path}: unreadable ({type(e).__name__}); left out")
         return None

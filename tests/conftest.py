@@ -202,3 +202,12 @@ def pg():
     server = postgres.start_server()
     yield server
     server.stop("immediate")
+
+
+def read_table(path, **kwargs):
+    """A table the sweep wrote, trial ids as text: Tune's ids are 8 hex digits, and one made of
+    digits only would otherwise be read as a number (a one-trial table, then, has no id to find
+    by its text)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"trial_id": str}, **kwargs)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import COLA_SCRIPT, run_cli, run_main
+from conftest import COLA_SCRIPT, run_cli, run_main, read_table
 
 GOOD = ["gj04\t1\t\tThe cat sat on the mat.", "gj04\t0\t*\tSat the on cat mat."] * 20
 
@@ -131,7 +131,6 @@ def test_help_lists_every_flag(tmp_path):
 @pytest.mark.slow
 def test_space_of_fixed_values_runs_that_configuration(tmp_path, monkeypatch, capsys):
     """Every dimension fixed: no crash in the searcher; one trial evaluates that configuration."""
-    import pandas as pd
 
     fixed = ["learning_rate=0.002", "lora_r=4", "lora_alpha=8", "lora_dropout=0.0",
              "batch_size=16", "weight_decay=0.0"]
@@ -141,7 +140,7 @@ def test_space_of_fixed_values_runs_that_configuration(tmp_path, monkeypatch, ca
                  tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "one trial evaluates that configuration" in r.stdout
-    trials = pd.read_csv(next((tmp_path / "runs").glob("*/trials.csv")))
+    trials = read_table(next((tmp_path / "runs").glob("*/trials.csv")))
     assert len(trials) == 1
     assert trials.filter(like="learning_rate").iloc[0, 0] == 0.002
 

@@ -7,10 +7,9 @@ import json
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, REPO, cli_env, run_main
+from conftest import COLA_SCRIPT, REPO, cli_env, run_main, read_table
 
 AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
        "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -69,7 +68,7 @@ def test_sweep_to_s3_then_report_and_resume(s3, tmp_path, monkeypatch, capsys):
     assert len(jobs) == 1
     body = client.get_object(Bucket="sweeps", Key=f"runs/cola_lora/{jobs[0]}")["Body"].read()
     assert "dev_mcc" in json.loads(body)["metrics"]
-    trials = pd.read_csv(mirror / "cola_lora" / "trials.csv")
+    trials = read_table(mirror / "cola_lora" / "trials.csv")
     assert len(trials) == 3 and trials["best_val_mcc"].notna().all()
     record = json.loads((mirror / "cola_lora" / "experiment.json").read_text())
     assert record["storage"].startswith("s3://sweeps/runs/cola_lora") and "endpoint" not in record["storage"]
@@ -87,7 +86,7 @@ def test_sweep_to_s3_then_report_and_resume(s3, tmp_path, monkeypatch, capsys):
                        tmp_path, monkeypatch, capsys, **AWS)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "1 already done, 0 to run" in resumed.stdout
-    assert len(pd.read_csv(other / "cola_lora" / "trials.csv")) == 3
+    assert len(read_table(other / "cola_lora" / "trials.csv")) == 3
 
     # The report reads the experiment straight from the bucket and stores itself there.
     rep = subprocess.run([sys.executable, "-m", "results", "report", f"s3://sweeps/runs/cola_lora?{query}"],

@@ -9,10 +9,9 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_main
+from conftest import COLA_SCRIPT, cli_env, ray_tmpdir, run_main, read_table
 
 
 @pytest.fixture
@@ -91,7 +90,7 @@ def test_trials_spread_and_survive_a_lost_node(cluster_factory, tmp_path, shared
     assert after, f"the trial on the lost node did not go on elsewhere: {moved}"
     assert after[0]["epoch"] >= epoch_before and after[-1]["epoch"] == 6
     assert after[0]["node_id"] == w1.node_id
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 6).all()
 
 

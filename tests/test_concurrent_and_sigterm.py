@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, run_main
+from conftest import COLA_SCRIPT, cli_env, run_main, read_table
 
 
 def _wait(cond, proc, what, timeout=400):
@@ -62,7 +61,7 @@ def test_same_name_refused_then_sigterm_in_retrain_then_resume(tmp_path, monkeyp
     driver = "\n".join(line for line in text.splitlines() if not re.search(r"\(\w+ pid=\d+", line))
     assert "SIGTERM received" not in text, text[-3000:]
     assert "Traceback" not in driver, driver[-3000:]
-    assert len(pd.read_csv(exp / "trials.csv")) == 2
+    assert len(read_table(exp / "trials.csv")) == 2
     assert not (storage / ".twin.lock").exists()
     done = len(list((exp / "retrained").glob("*/metrics.json")))
     assert done < 3
@@ -70,4 +69,4 @@ def test_same_name_refused_then_sigterm_in_retrain_then_resume(tmp_path, monkeyp
     r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"{done} already done, {3 - done} to run" in r.stdout
-    assert len(pd.read_csv(exp / "retrain_runs.csv")) == 3
+    assert len(read_table(exp / "retrain_runs.csv")) == 3

@@ -8,10 +8,9 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, cli_env, run_main
+from conftest import COLA_SCRIPT, cli_env, run_main, read_table
 from search.sweep import trial_statuses
 
 
@@ -63,7 +62,7 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path, monkeypatch, capsys):
     # runs in this process, see run_main.)
     r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     # (a SIGKILL can leave a folder of a trial started after Tune's last state snapshot;
     # Tune replaces it on resume and the tables leave it out)
     assert len(trials) == 8 and set(trials["trial_id"]) == set(trial_statuses(exp))
@@ -91,7 +90,7 @@ def test_driver_killed_in_sweep_and_in_retrain(tmp_path, monkeypatch, capsys):
     ran = {tid: round(float(v), 12) for tid, v in zip(trials["trial_id"], trials["learning_rate"])}
     assert {tid: round(owned[tid].params["learning_rate"], 12) for tid in ids} == ran
     # the retrain: exactly one result per (configuration, seed)
-    runs = pd.read_csv(exp / "retrain_runs.csv")
+    runs = read_table(exp / "retrain_runs.csv")
     assert len(runs) == 4 and not runs.duplicated(["rank", "seed"]).any()
     assert sorted(p.name for p in (exp / "retrained").iterdir()) == sorted(runs["job"])
 
@@ -105,13 +104,13 @@ def test_nan_trial_ends_alone(tmp_path, monkeypatch, capsys):
                                "--num-samples", "6", "--retrain-top-k", "1", "--retrain-seeds", "1",
                                "--storage-path", str(storage)], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    trials = pd.read_csv(storage / "cola_lora" / "trials.csv")
+    trials = read_table(storage / "cola_lora" / "trials.csv")
     failed = trials[trials["status"] == "failed"]
     assert len(failed) >= 1 and (failed["learning_rate"] == 1e30).all()
     assert failed["failure"].str.contains("non-finite training loss").all()
     assert (trials.loc[trials["status"] != "failed", "learning_rate"] == 1e-2).all()
     assert "failed: non-finite training loss" in r.stdout
-    runs = pd.read_csv(storage / "cola_lora" / "retrain_runs.csv")  # the sweep went on
+    runs = read_table(storage / "cola_lora" / "retrain_runs.csv")  # the sweep went on
     assert len(runs) == 1 and runs["learning_rate"].iloc[0] == 1e-2
 
 
@@ -224,7 +223,7 @@ def test_resume_continues_an_errored_trial_from_its_checkpoint(tmp_path, shared_
     exp = tmp_path / "runs" / "er"
     args = _one_slow_trial(tmp_path, shared_cola, "er", max_failures=0)
     trial, out, _ = _kill_worker_after_two_epochs(args, tmp_path, exp)
-    status = lambda: pd.read_csv(exp / "trials.csv").set_index("trial_id").loc[  # noqa: E731
+    status = lambda: read_table(exp / "trials.csv").set_index("trial_id").loc[  # noqa: E731
         trial.name.removeprefix("trial_"), "status"]
     assert status() == "failed", out[-3000:]
     before, _ = _epochs_and_pids(trial)
@@ -267,11 +266,11 @@ def test_three_hard_kills_at_random_points_then_resume_until_done(tmp_path, monk
     assert progress == sorted(progress), progress  # never goes back
     r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 8 and set(trials["trial_id"]) == set(trial_statuses(exp))
     for t, text in finished.items():
         assert (exp / f"trial_{t}" / "result.json").read_text() == text, f"{t} was rerun"
-    assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1
+    assert len(read_table(exp / "retrain_runs.csv")) == 1
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli, run_main
+from conftest import REPO, run_cli, run_main, read_table
 
 KD_SCRIPT = REPO / "search" / "cola_kd.py"
 
@@ -44,13 +44,13 @@ def test_kd_smoke_with_baseline_runs_teacher_once(tmp_path, monkeypatch, capsys)
     # trials, all retrains): 600 + 200 generated sentences in batches of 64.
     assert passes == {"count": 1, "forwards": math.ceil(800 / 64)}
     for name in ("cola_kd", "cola_kd-scratch"):
-        trials = pd.read_csv(storage / name / "trials.csv")
+        trials = read_table(storage / name / "trials.csv")
         assert len(trials) >= 4
         assert {"kd_fraction", "kd_temperature", "hidden_size",
                 "last_val_agreement", "best_val_mcc"} <= set(trials.columns)
-    scratch = pd.read_csv(storage / "cola_kd-scratch" / "trials.csv")
+    scratch = read_table(storage / "cola_kd-scratch" / "trials.csv")
     assert (scratch["kd_fraction"] == 1.0).all()
-    table = pd.read_csv(storage / "cola_kd" / "comparison.csv")
+    table = read_table(storage / "cola_kd" / "comparison.csv")
     assert table["model"].tolist()[1:] == ["KD student", "scratch student"]
     assert table["model"].iloc[0].startswith("teacher")
     # numbers only: mean and sd apart (sd empty for the teacher's single run)

@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, run_cli
+from conftest import COLA_SCRIPT, run_cli, read_table
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +38,8 @@ def test_packed_sweep_runs_each_configuration_as_its_own_trial(tmp_path):
     out = r.stdout
     assert "packed: up to 3 trials at once in one engine" in out
     assert "Traceback" not in r.stderr
-    trials = pd.read_csv(exp / "trials.csv")
-    epochs = pd.read_csv(exp / "epochs.csv")
+    trials = read_table(exp / "trials.csv")
+    epochs = read_table(exp / "epochs.csv")
     assert len(trials) == 6  # the smoke test's trials, each its own trial
     assert set(epochs["packed_slots"]) == {3}
     # Each trial counts its own adapter (its rank), not the engine's.
@@ -72,10 +71,10 @@ def test_a_killed_engine_is_started_again_and_its_trials_resume(tmp_path):
     r, exp = _packed_sweep(tmp_path, on_start=_kill_engine_after_first_checkpoint)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "the packed engine died; starting it again" in r.stdout
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 6
     assert (trials["status"] != "failed").all(), trials[["trial_id", "status"]]
-    epochs = pd.read_csv(exp / "epochs.csv")
+    epochs = read_table(exp / "epochs.csv")
     # Every trial's epochs are 1..n without a gap or a repeat: those cut off by the kill went
     # on from their last checkpoint.
     for tid, rows in epochs.groupby("trial_id"):
@@ -109,9 +108,9 @@ def test_an_interrupted_packed_sweep_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     exp = storage / "cola_lora"
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 6 and set(trials["status"]) <= {"completed", "stopped"}
-    epochs = pd.read_csv(exp / "epochs.csv")
+    epochs = read_table(exp / "epochs.csv")
     for tid, rows in epochs.groupby("trial_id"):
         assert list(rows["epoch"]) == list(range(1, len(rows) + 1)), tid
 
@@ -132,7 +131,7 @@ def test_pack_auto_packs_the_knee_of_the_probed_curve(tmp_path):
     k = knee(probe)
     for p in probe:
         assert f"probe: K={p['k']}: {p['samples_per_s']:.1f} samples/s" in r.stdout
-    epochs = pd.read_csv(storage / "cola_lora" / "epochs.csv")
+    epochs = read_table(storage / "cola_lora" / "epochs.csv")
     assert record["pack"] == k
     if k > 1:
         assert record["concurrency"] == k
@@ -154,8 +153,8 @@ def test_ia3_and_dora_sweeps_pack(tmp_path, method):
     assert "packed: up to 3 trials at once in one engine" in r.stdout
     assert "cannot be packed" not in r.stdout
     exp = storage / f"cola_{method}"
-    epochs = pd.read_csv(exp / "epochs.csv")
-    trials = pd.read_csv(exp / "trials.csv")
+    epochs = read_table(exp / "epochs.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
     assert set(epochs["packed_slots"]) == {3}
     # Each trial counts its own adapter as the solo peft model does (the plan's counts).

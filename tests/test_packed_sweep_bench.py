@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, read_table
 
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -76,7 +76,7 @@ def section(out: str, title: str) -> list[str]:
 def tables(out_dir: Path, run: str):
     exp = out_dir / run
     params = list(json.loads((exp / "experiment.json").read_text())["space"])
-    return pd.read_csv(exp / "trials.csv"), pd.read_csv(exp / "epochs.csv"), params
+    return read_table(exp / "trials.csv"), read_table(exp / "epochs.csv"), params
 
 
 def decision(trial) -> str:

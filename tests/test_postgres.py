@@ -12,7 +12,7 @@ import time
 import pytest
 
 import postgres
-from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, run_cli
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, run_cli, read_table
 
 
 def _study(url, exp):
@@ -71,7 +71,6 @@ def test_storage_opens_while_another_sweep_creates_the_tables(pg):
 def test_two_sweeps_at_once_in_one_database(pg, tmp_path):
     """Each sweep gets its own study; neither loses or mixes trials; each trial's values and
     intermediate values are what its sweep's tables say."""
-    import pandas as pd
     from optuna.trial import TrialState
 
     pg.create_database("shared")
@@ -94,7 +93,7 @@ def test_two_sweeps_at_once_in_one_database(pg, tmp_path):
         names.add(study.study_name)
         assert len(study.trials) == n
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-        trials = pd.read_csv(exp / "trials.csv")
+        trials = read_table(exp / "trials.csv")
         ran = sorted(round(v, 10) for v in trials["learning_rate"])
         assert sorted(round(t.params["learning_rate"], 10) for t in study.trials) == ran
         for t in study.trials:
@@ -137,11 +136,10 @@ def test_server_killed_during_a_sweep_then_resume(pg, tmp_path, monkeypatch, cap
     assert "--resume" in out and postgres.PASSWORD not in out
     r = run_cli(COLA_SCRIPT, [*args, "--resume"], tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    import pandas as pd
 
     study = _study(url, exp)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 6
     told = [round(t.params["learning_rate"], 10) for t in study.trials
             if t.state.is_finished() and not t.user_attrs.get("failed_because")]

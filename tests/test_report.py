@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, read_table
 
 SECTIONS = ["## cola_lora", "### Header", "### Leaderboard", "### Learning curves",
             "### Hyperparameters", "### Parallel coordinates", "### Importance", "### Retrain"]
@@ -79,7 +79,7 @@ def test_report_of_one_sweep(sweeps, tmp_path, capsys):
     # (two CI runs of the same sweep code, a day apart, got one size and two): check the
     # branch the trials call for, and the front against one computed here from trials.csv
     assert "### Trade-offs (Pareto)" in md
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     metric = record["metric"]
     assert record["mode"] == "max"
     if trials["trainable_params"].nunique() > 1:
@@ -112,7 +112,7 @@ def test_optuna_study_persists_in_sqlite(sweeps):
     record = json.loads((exp / "experiment.json").read_text())
     assert (exp / "optuna.db").is_file()
     study = optuna.load_study(study_name=record["optuna_study"], storage=record["optuna_storage"])
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(study.trials) == len(trials) == 6
     # Every trial ended in Optuna as it ended in Tune (states in detail:
     # test_search_choice.test_stopped_trials_are_pruned_in_optuna).
@@ -157,7 +157,7 @@ def test_damaged_directory(sweeps, tmp_path, capsys):
     assert "no experiment-state file" in md
     for s in SECTIONS:
         assert s in md
-    epochs_before = pd.read_csv(sweeps / "cola_lora" / "epochs.csv")
+    epochs_before = read_table(sweeps / "cola_lora" / "epochs.csv")
     n_before = (epochs_before["trial_id"] == trial_dirs[0].name.removeprefix("trial_")).sum()
     from results.experiment import load_experiment
 

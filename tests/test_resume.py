@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, ray_tmpdir, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, ray_tmpdir, run_main, read_table
 from search.sweep import trial_statuses
 
 
@@ -52,7 +51,7 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     assert 1 <= len(before) < 8, statuses
     assert not (exp / "retrain.csv").exists()
     # the trials the interrupt cut short say so; none is "stopped early" by the scheduler
-    cut = pd.read_csv(exp / "trials.csv")
+    cut = read_table(exp / "trials.csv")
     ended = [t for t, s in statuses.items() if s in ("TERMINATED", "ERROR")]
     unfinished = cut[~cut["trial_id"].isin(ended)]
     assert len(unfinished) >= 1 and set(unfinished["status"]) == {"interrupted"}, cut
@@ -68,19 +67,19 @@ def test_interrupt_then_resume(tmp_path, shared_cola, monkeypatch, capsys):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # the resumed sweep's own progress lines (its callback comes back from Tune's pickle)
     assert re.search(r"\] trial \w+ epoch \d/3: ", r.stdout) and "active compute" in r.stdout
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 8 and len(list(exp.glob("trial_*"))) == 8
     for name, text in before.items():
         assert (exp / name / "result.json").read_text() == text, f"finished trial {name} was rerun"
-    epochs = pd.read_csv(exp / "epochs.csv")
+    epochs = read_table(exp / "epochs.csv")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
-    assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1
+    assert len(read_table(exp / "retrain_runs.csv")) == 1
 
     # Rerunning after the retrain finished skips it.
     r = run_main(COLA_SCRIPT, args + ["--resume"], tmp_path, monkeypatch, capsys)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 already done, 0 to run" in r.stdout
-    assert len(pd.read_csv(exp / "retrain_runs.csv")) == 1
+    assert len(read_table(exp / "retrain_runs.csv")) == 1
     shutil_rm = ray_tmpdir(tmp_path)
     assert not shutil_rm.exists()
     assert json.loads((exp / "experiment.json").read_text())["num_samples"] == 8

@@ -5,10 +5,9 @@ best configurations first; bad choices exit 2 before anything starts."""
 import json
 
 import optuna
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main, read_table
 from search.retrain import retrain_threads
 
 QUICK = ["--smoke-test", "--num-samples", "3", "--max-epochs", "2", "--retrain-top-k", "0"]
@@ -37,10 +36,10 @@ def test_each_searcher_and_scheduler(searcher, scheduler, tmp_path, monkeypatch,
     assert (record["searcher"], record["scheduler"], record["search_seed"]) == \
         (searcher, scheduler, 0)
     assert record["search_metric"] == "best_val_auc"
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 3
     assert (trials["searcher"] == searcher).all() and (trials["scheduler"] == scheduler).all()
-    assert "best_val_auc" in pd.read_csv(exp / "epochs.csv")
+    assert "best_val_auc" in read_table(exp / "epochs.csv")
     if scheduler == "none":
         assert (trials["epochs_run"] == 2).all() and not (trials["status"] == "stopped").any()
     if searcher == "bohb":
@@ -69,8 +68,8 @@ def test_stopped_trials_are_pruned_in_optuna(cola_smoke, smoke_storage):
     final best-so-far, and every epoch is one intermediate value."""
     assert cola_smoke.returncode == 0
     exp = smoke_storage / "cola_lora"
-    trials = pd.read_csv(exp / "trials.csv")
-    epochs = pd.read_csv(exp / "epochs.csv")
+    trials = read_table(exp / "trials.csv")
+    epochs = read_table(exp / "epochs.csv")
     ot = optuna_trials(exp)
     pruned = [t for t in ot if t.state == optuna.trial.TrialState.PRUNED]
     complete = [t for t in ot if t.state == optuna.trial.TrialState.COMPLETE]
@@ -89,7 +88,7 @@ def test_warm_start_evaluates_the_best_first(cola_smoke, smoke_storage, tmp_path
                                              capsys):
     assert cola_smoke.returncode == 0
     earlier = smoke_storage / "cola_lora"
-    best = pd.read_csv(earlier / "trials.csv").head(2)  # sorted by best_val_mcc
+    best = read_table(earlier / "trials.csv").head(2)  # sorted by best_val_mcc
     storage = tmp_path / "runs"
     r = run_main(COLA_SCRIPT, [*QUICK, "--max-epochs", "1", "--warm-start", str(earlier),
                                "--warm-start-top", "2", "--storage-path", str(storage)],
@@ -240,7 +239,7 @@ def test_two_objectives_give_a_pareto_front_in_optuna(tmp_path, monkeypatch, cap
     assert len(study.trials) == 5
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.values) == 2
                for t in study.trials)
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     # (best_val_auc: the best-so-far AUC at the trial's end, what Optuna was told)
     front = trials[non_dominated(trials, {"best_val_auc": "max", "trainable_params": "min"})]
     assert {round(t.values[0], 8) for t in study.best_trials} == \

@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, run_main, read_table
 
 # trials.csv is tidy: exactly these columns (the README's data dictionary), the
 # hyperparameters named as in the space, no config internals, one time column.
@@ -40,8 +40,8 @@ def check_console(out: str, trials, epochs) -> None:
 
 
 def check_experiment(exp, out, num_samples, retrain_rows):
-    trials = pd.read_csv(exp / "trials.csv")
-    epochs = pd.read_csv(exp / "epochs.csv")
+    trials = read_table(exp / "trials.csv")
+    epochs = read_table(exp / "epochs.csv")
     assert len(trials) == num_samples
     assert list(trials.columns) == TRIAL_COLUMNS, set(trials.columns) ^ set(TRIAL_COLUMNS)
     assert set(trials["status"]) <= {"completed", "stopped", "failed", "interrupted"}
@@ -54,8 +54,8 @@ def check_experiment(exp, out, num_samples, retrain_rows):
     assert (trials["trainable_params"] > 0).all()
     assert trials["best_val_mcc"].is_monotonic_decreasing  # sorted leaderboard
     # retrain: every (config, seed) reported on dev, in and out of domain apart
-    runs = pd.read_csv(exp / "retrain_runs.csv")
-    summary = pd.read_csv(exp / "retrain.csv")
+    runs = read_table(exp / "retrain_runs.csv")
+    summary = read_table(exp / "retrain.csv")
     assert len(runs) == retrain_rows and len(summary) == retrain_rows // 2
     for col in ("dev_accuracy_mean", "dev_mcc_mean", "dev_mcc_sd", "dev_in_mcc_mean",
                 "dev_out_mcc_mean"):
@@ -117,10 +117,10 @@ def test_other_adapter_methods_smoke(method, size, tmp_path, monkeypatch, capsys
     record = json.loads((exp / "experiment.json").read_text())
     assert record["study"] == f"cola_{method}" and set(record["space"]) == set(
         get_study(f"cola_{method}").space)
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     assert len(trials) == 2 and (trials["trainable_params"] > 0).all()
     assert ("lora_r" in trials) == (size is not None)
-    job = pd.read_csv(exp / "retrain_runs.csv")["job"].iloc[0]
+    job = read_table(exp / "retrain_runs.csv")["job"].iloc[0]
     adapter = json.loads((exp / "retrained" / job / "adapter_config.json").read_text())
     assert adapter["peft_type"] == {"ia3": "IA3", "dora": "LORA"}[method]
     assert adapter.get("use_dora", False) == (method == "dora")

@@ -8,10 +8,9 @@ import glob
 import importlib.util
 import json
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, REPO, SMOKE_SERIAL, run_cli
+from conftest import COLA_SCRIPT, REPO, SMOKE_SERIAL, run_cli, read_table
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def test_lora_on_smollm2(lora_run):
     _, _, runs, r = lora_run
     assert r.returncode == 0, r.stderr[-3000:]
     assert "[gguf]" in r.stdout + r.stderr and "converted in" in r.stdout + r.stderr
-    runs_csv = pd.read_csv(runs / "lora" / "retrain_runs.csv")
+    runs_csv = read_table(runs / "lora" / "retrain_runs.csv")
     assert runs_csv["trainable_params"].iloc[0] > 1_000_000  # r >= 4 on all 7 projections x 30
     adapter = runs / "lora" / "retrained" / runs_csv["job"].iloc[0]
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -56,7 +55,7 @@ def test_lora_on_smollm2(lora_run):
 def test_distillation_from_the_smollm2_adapter(lora_run):
     tmp, env, runs, first = lora_run
     assert first.returncode == 0, first.stderr[-3000:]
-    job = pd.read_csv(runs / "lora" / "retrain_runs.csv")["job"].iloc[0]
+    job = read_table(runs / "lora" / "retrain_runs.csv")["job"].iloc[0]
     adapter = runs / "lora" / "retrained" / job
     r = run_cli(REPO / "search" / "cola_kd.py",
                 ["--smoke-test", *SMOKE_SERIAL, "--teacher", str(adapter), "--name", "kd", *ONE,
@@ -76,9 +75,9 @@ def test_each_summarization_method_on_smollm2(smollm2, tmp_path):
                  "--num-beams", "2", *ONE, "--storage-path", str(runs)], tmp_path, timeout=900,
                 PEFT_SWEEPS_CACHE=str(tmp_path / "cache"))
     assert r.returncode == 0, r.stderr[-3000:]
-    table = pd.read_csv(runs / "sum" / "comparison.csv")
+    table = read_table(runs / "sum" / "comparison.csv")
     assert set(table["method"]) == {"prompt", "lora", "last-layers"}
     for method in ("prompt", "lora", "last-layers"):
-        job = pd.read_csv(runs / f"sum-{method}" / "retrain_runs.csv")["job"].iloc[0]
+        job = read_table(runs / f"sum-{method}" / "retrain_runs.csv")["job"].iloc[0]
         lines = (runs / f"sum-{method}" / "retrained" / job / "summaries.jsonl").read_text()
         assert len(lines.splitlines()) == 2

@@ -3,11 +3,10 @@
 end to end, with the hub libraries imported under HF_HUB_OFFLINE as a user's command has them)."""
 import json
 
-import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_cli, run_main
+from conftest import REPO, run_cli, run_main, read_table
 
 SCRIPT = REPO / "search" / "cnndm_summarize.py"
 SHARED_CNNDM = REPO.parent / "shared" / "data" / "cnn_dailymail"
@@ -34,13 +33,13 @@ def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir, monkeypatch, 
     for method, hp in (("prompt", "num_virtual_tokens"), ("lora", "lora_r"),
                        ("last-layers", "n_last_layers")):
         exp = storage / f"cnndm-{method}"
-        trials = pd.read_csv(exp / "trials.csv")
+        trials = read_table(exp / "trials.csv")
         assert len(trials) == 4 and hp in trials
         assert trials["best_val_loss"].is_monotonic_increasing  # mode min: best first
-        epochs = pd.read_csv(exp / "epochs.csv")
+        epochs = read_table(exp / "epochs.csv")
         assert EPOCH_COLUMNS <= set(epochs.columns), EPOCH_COLUMNS - set(epochs.columns)
         assert (epochs["peak_mem_mb"] > 0).all() and (epochs["train_s"] > 0).all()
-        runs = pd.read_csv(exp / "retrain_runs.csv")
+        runs = read_table(exp / "retrain_runs.csv")
         assert len(runs) == 1
         for col in ROUGE + ["test_loss", "val_loss", "trainable_params", "mean_train_s",
                             "max_peak_mem_mb"]:
@@ -55,9 +54,9 @@ def test_all_methods_smoke_on_the_real_sample(tmp_path, cnndm_dir, monkeypatch, 
         lines = [json.loads(x) for x in (job / "summaries.jsonl").read_text().splitlines()]
         assert len(lines) == 8 and all(x["reference"] and "generated" in x for x in lines)
     # the soft prompt is num_virtual_tokens x n_embd (64 in the smoke model)
-    prompt = pd.read_csv(storage / "cnndm-prompt" / "trials.csv")
+    prompt = read_table(storage / "cnndm-prompt" / "trials.csv")
     assert (prompt["trainable_params"] == prompt["num_virtual_tokens"] * 64).all()
-    table = pd.read_csv(storage / "cnndm" / "comparison.csv")
+    table = read_table(storage / "cnndm" / "comparison.csv")
     assert table["method"].tolist() == ["prompt", "lora", "last-layers"]
     for col in ("test_loss_mean", "test_rouge1_mean", "test_rouge2_mean", "test_rougeL_mean",
                 "trainable_params_mean", "mean_train_s_mean", "max_peak_mem_mb_mean"):
@@ -94,7 +93,7 @@ def test_smoke_without_data(cnndm_prompt_smoke, smoke_storage):
     r = cnndm_prompt_smoke
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     assert "generated template articles" in r.stdout
-    runs = pd.read_csv(storage / "cnndm-prompt" / "retrain_runs.csv")
+    runs = read_table(storage / "cnndm-prompt" / "retrain_runs.csv")
     assert set(ROUGE) <= set(runs.columns)
     assert not (storage / "cnndm" / "comparison.csv").exists()  # one method: no comparison
 

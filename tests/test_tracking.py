@@ -18,10 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, run_cli, run_main
+from conftest import COLA_SCRIPT, SMOKE_SERIAL, cli_env, run_cli, run_main, read_table
 
 FAKE_WANDB_KEY = "5f0c1e9a7b3d42c8a6e1f0b9d2c7a4e3b8f1d6c0"  # 40 hex digits, as W&B's
 
@@ -139,7 +138,7 @@ def test_every_tracker_gets_a_run_per_trial_with_its_epochs(tmp_path):
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     exp = runs / "cola_lora"
-    trials = pd.read_csv(exp / "trials.csv")
+    trials = read_table(exp / "trials.csv")
     record = json.loads((exp / "experiment.json").read_text())
     assert record["log_to"] == ["tensorboard", "mlflow", "wandb"]
 
@@ -216,7 +215,7 @@ def test_ctrl_c_with_wandb_does_not_wait_for_runs_that_never_end(tmp_path):
     assert proc.returncode == 130, out.text[-3000:]
     assert took < 45, f"{took:.0f} s from Ctrl-C to exit"
     assert "Sweep interrupted" in out.text
-    trials = pd.read_csv(tmp_path / "runs" / "cola_lora" / "trials.csv")
+    trials = read_table(tmp_path / "runs" / "cola_lora" / "trials.csv")
     cut = trials[trials["trial_id"] == first.name.rsplit("-", 1)[1]]
     assert list(cut["status"]) == ["interrupted"], trials
     # its W&B run was finished (wandb.finish), not killed: wandb's own log says so
