@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import packed_sweep as bench  # noqa: E402
 
 BENCH = REPO / "bench" / "packed_sweep.py"
-K, N, EPOCHS = 3, 6, 3  # 3 slots for 6 trials: slots are taken again; ASHA rungs at 1 and 2
+K, N, EPOCHS = 2, 4, 3  # 2 slots for 4 trials: slots are taken again; ASHA rungs at 1 and 2
 
 
 def fake_experiment(curves: dict) -> SimpleNamespace:
